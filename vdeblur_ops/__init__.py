@@ -1,0 +1,28 @@
+"""vdeblur_ops: fused CPU, CUDA and Triton kernels for video-deblurring networks.
+
+Public API (DESIGN.md section 4): ``haar_dwt2d``, ``haar_idwt2d``, ``dynamic_filter2d``,
+``conv_gru_reset``, ``conv_gru_update``, ``conv_gru_gates``, ``temporal_attention``,
+``memory_readout`` and ``MemoryBank``; modules in :mod:`vdeblur_ops.nn`; backend control with
+:func:`backend`, :func:`available_backends` and the ``VDEBLUR_BACKEND`` environment variable;
+pure-PyTorch ground truth in :mod:`vdeblur_ops.reference`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from ._backend import BACKENDS, available_backends, backend, forced_backend
+
+__version__ = "0.1.0"
+__all__ = ["BACKENDS", "available_backends", "backend", "forced_backend"]
+
+# Op families, each in vdeblur_ops/ops/<family>.py with its own __all__.
+FAMILIES = ("haar", "dynamic_filter", "conv_gru", "temporal_attention", "memory_readout")
+for _family in FAMILIES:
+    if importlib.util.find_spec(f"{__name__}.ops.{_family}") is not None:
+        _module = importlib.import_module(f"{__name__}.ops.{_family}")
+        for _name in _module.__all__:
+            globals()[_name] = getattr(_module, _name)
+            __all__.append(_name)
+
+from . import nn  # noqa: E402  (after the ops it wraps)

@@ -1,0 +1,90 @@
+"""``vdeblur-bench`` / ``python -m vdeblur_ops.bench``: time every op's backends against its
+reference on this machine's device and print a table (op, shape, dtype, backend, median time,
+speed-up over the reference, relative error, peak memory); write it as JSON, and as a PNG chart
+when matplotlib is installed."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import PRESETS, all_cases, format_table, run_case
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def write_chart(rows: list, path: Path) -> bool:
+    """A bar chart of forward speed-ups over the reference; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fwd = [r for r in rows if r.mode == "fwd" and r.backend != "reference"]
+    if not fwd:
+        return False
+    labels = [f"{r.op}\n{r.shape} {r.dtype}\n{r.backend}" for r in fwd]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(fwd)), 4.5))
+    ax.bar(range(len(fwd)), [r.speedup for r in fwd])
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(fwd)), labels, fontsize=6)
+    ax.set_ylabel("forward speed-up over the reference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vdeblur-bench", description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="shape preset: 'gpu' (paper-sized), 'cpu' (scaled down), 'tiny' (smoke test); "
+                             "default follows --device")
+    parser.add_argument("--ops", default=None, help="comma-separated op families (default: all)")
+    parser.add_argument("--min-time", type=float, default=0.3, help="seconds to time each variant")
+    parser.add_argument("--output", default="bench-results", help="folder for the JSON and PNG")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    families = args.ops.split(",") if args.ops else None
+    cases = all_cases(preset, families)
+    jobs = [(c, d) for c in cases for d in c.dtypes]
+    print(f"vdeblur-bench: {len(jobs)} problems on {device_name(device)}, preset {preset!r}",
+          file=sys.stderr)
+    rows = []
+    start = time.perf_counter()
+    for i, (case, dtype) in enumerate(jobs, 1):
+        def progress(msg: str, i: int = i) -> None:
+            print(f"[{i}/{len(jobs)} {time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+        rows.extend(run_case(case, device, dtype, args.min_time, progress))
+    print(format_table(rows))
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = {"device": device_name(device), "torch": torch.__version__, "preset": preset,
+              "rows": [r.as_dict() for r in rows]}
+    json_path = out / f"bench-{device.type}-{stamp}.json"
+    json_path.write_text(json.dumps(record, indent=1))
+    print(f"\nwrote {json_path}", file=sys.stderr)
+    png = out / f"bench-{device.type}-{stamp}.png"
+    if write_chart(rows, png):
+        print(f"wrote {png}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
