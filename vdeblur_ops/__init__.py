@@ -9,6 +9,7 @@ pure-PyTorch ground truth in :mod:`vdeblur_ops.reference`.
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.util
 
 from ._backend import BACKENDS, available_backends, backend, forced_backend
@@ -16,9 +17,11 @@ from ._backend import BACKENDS, available_backends, backend, forced_backend
 __version__ = "0.1.0"
 __all__ = ["BACKENDS", "available_backends", "backend", "forced_backend"]
 
-# Op families, each in vdeblur_ops/ops/<family>.py with its own __all__.
+# Op families, each in vdeblur_ops/ops/<family>.py with its own __all__. VDEBLUR_FAMILIES
+# (comma-separated, as for setup.py) loads only some of them: for development of one family.
 FAMILIES = ("haar", "dynamic_filter", "conv_gru", "temporal_attention", "memory_readout")
-for _family in FAMILIES:
+_only = [f for f in os.environ.get("VDEBLUR_FAMILIES", "").split(",") if f]
+for _family in (f for f in FAMILIES if not _only or f in _only):
     if importlib.util.find_spec(f"{__name__}.ops.{_family}") is not None:
         _module = importlib.import_module(f"{__name__}.ops.{_family}")
         for _name in _module.__all__:

@@ -5,7 +5,9 @@ import importlib
 import importlib.util
 
 __all__: list[str] = []
-for _family in ("haar", "dynamic_filter", "conv_gru", "temporal_attention", "memory_readout"):
+from .. import FAMILIES, _only
+
+for _family in (f for f in FAMILIES if not _only or f in _only):
     if importlib.util.find_spec(f"{__name__}.{_family}") is not None:
         _module = importlib.import_module(f"{__name__}.{_family}")
         for _name in _module.__all__:
