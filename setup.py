@@ -49,7 +49,7 @@ def _extensions():
     with_cuda = _with_cuda()
     cpu_flags = shlex.split(os.environ.get("VDEBLUR_CPU_FLAGS", "-march=native"))
     cxx = ["-O3", "-std=c++17", *cpu_flags]
-    nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-Xptxas=-v"]
+    nvcc = ["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-v"]
     exts = []
     for fam in _families():
         sources = [f"csrc/torch/{fam}.cpp"]
