@@ -50,15 +50,30 @@ class Case:
     backward: bool = True
 
 
-def all_cases(preset: str, families: Sequence[str] | None = None) -> list[Case]:
-    """Every family's cases for ``preset`` (``"cpu"``, ``"gpu"`` or ``"tiny"``)."""
+MODELS = ("dstnet", "estrnn", "memdeblur", "tfn", "tsvrnn")
+
+
+def _case_modules(name: str) -> list[str]:
+    """Modules that may hold cases for ``name``: an op family's or a model's."""
+    found = []
+    for module in (f"{__name__}.cases.{name}", f"vdeblur_models.bench_cases_{name}"):
+        try:
+            if importlib.util.find_spec(module) is not None:
+                found.append(module)
+        except ModuleNotFoundError:  # vdeblur_models not installed
+            pass
+    return found
+
+
+def all_cases(preset: str, names: Sequence[str] | None = None) -> list[Case]:
+    """Cases for ``preset`` (``"cpu"``, ``"gpu"`` or ``"tiny"``) of the named op families and
+    models (default: every op family, then every model)."""
     from .. import FAMILIES
 
     found = []
-    for fam in families or FAMILIES:
-        name = f"{__name__}.cases.{fam}"
-        if importlib.util.find_spec(name) is not None:
-            found.extend(importlib.import_module(name).cases(preset))
+    for name in names or (*FAMILIES, *MODELS):
+        for module in _case_modules(name):
+            found.extend(importlib.import_module(module).cases(preset))
     return found
 
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=PRESETS, default=None,
                         help="shape preset: 'gpu' (paper-sized), 'cpu' (scaled down), 'tiny' (smoke test); "
                              "default follows --device")
-    parser.add_argument("--ops", default=None, help="comma-separated op families (default: all)")
+    parser.add_argument("--ops", default=None,
+                        help="comma-separated op families and models, e.g. haar,dstnet (default: all)")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds to time each variant")
     parser.add_argument("--output", default="bench-results", help="folder for the JSON and PNG")
     args = parser.parse_args(argv)
