@@ -1,5 +1,6 @@
-"""Triton Haar DWT / IDWT kernels: one launch per level, one program per block of coarse
-positions, each computing the 2x2 butterfly of DESIGN.md 4.1 in float32.
+"""Triton Haar DWT / IDWT kernels: one launch per level; each program handles one output row of
+one plane and a block of columns, reading the two input rows as contiguous vectors (split into
+even / odd columns on chip) and writing contiguous rows of each band. Arithmetic in float32.
 
 Intermediate low bands of a multi-level call stay in float32 scratch, as in the C++ kernels.
 """
@@ -9,76 +10,78 @@ import torch
 import triton
 import triton.language as tl
 
-_BLOCK = 1024
+_BLOCK_W = 256  # coefficients per program along a row
 
 
 @triton.jit
-def _dwt_level_kernel(src, ll, hi, C, H, W, h, w, total, scale,
-                      BAND_LAYOUT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    j = offs % w
-    i = (offs // w) % h
-    p = offs // (w * h)  # plane n * C + c
-    base = src + p * H * W + (2 * i) * W + 2 * j
-    has_right = mask & (2 * j + 1 < W)
-    has_below = mask & (2 * i + 1 < H)
-    a = tl.load(base, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(base + 1, mask=has_right, other=0.0).to(tl.float32)
-    c = tl.load(base + W, mask=has_below, other=0.0).to(tl.float32)
-    d = tl.load(base + W + 1, mask=has_right & has_below, other=0.0).to(tl.float32)
-    pq, r, u = a + b, a - b, c - d
-    q = c + d
-    tl.store(ll + offs, (scale * (pq + q)).to(ll.dtype.element_ty), mask=mask)
+def _dwt_level_kernel(src, ll, hi, C, H, W, h, w, scale,
+                      BAND_LAYOUT: tl.constexpr, BLOCK_W: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # n * C * h + c * h + i
+    i = row % h
+    p = row // h  # plane n * C + c
+    cols = tl.program_id(1) * (2 * BLOCK_W) + tl.arange(0, 2 * BLOCK_W)  # input columns
+    top = src + p * H * W + (2 * i) * W + cols
+    in_row = cols < W
+    has_below = (2 * i + 1) < H
+    r0 = tl.load(top, mask=in_row, other=0.0).to(tl.float32)
+    r1 = tl.load(top + W, mask=in_row & has_below, other=0.0).to(tl.float32)
+    a, b = tl.split(tl.reshape(r0, (BLOCK_W, 2)))
+    c, d = tl.split(tl.reshape(r1, (BLOCK_W, 2)))
+    pq, q, r, u = a + b, c + d, a - b, c - d
+    j = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = j < w
+    pix = i * w + j
+    tl.store(ll + p * h * w + pix, (scale * (pq + q)).to(ll.dtype.element_ty), mask=mask)
     n = p // C
     ch = p % C
-    hw = h * w
-    pix = i * w + j
     if BAND_LAYOUT:
         plane0 = n * 3 * C + ch
         step = C
     else:
         plane0 = p * 3
         step = 1
-    out = hi + plane0 * hw + pix
+    out = hi + plane0 * h * w + pix
     ty = hi.dtype.element_ty
     tl.store(out, (scale * (pq - q)).to(ty), mask=mask)
-    tl.store(out + step * hw, (scale * (r + u)).to(ty), mask=mask)
-    tl.store(out + 2 * step * hw, (scale * (r - u)).to(ty), mask=mask)
+    tl.store(out + step * h * w, (scale * (r + u)).to(ty), mask=mask)
+    tl.store(out + 2 * step * h * w, (scale * (r - u)).to(ty), mask=mask)
 
 
 @triton.jit
-def _idwt_level_kernel(ll, hi, dst, C, h, w, Ho, Wo, total, scale,
-                       BAND_LAYOUT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    j = offs % w
-    i = (offs // w) % h
-    p = offs // (w * h)
+def _idwt_level_kernel(ll, hi, dst, C, h, w, Ho, Wo, scale,
+                       BAND_LAYOUT: tl.constexpr, BLOCK_W: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    i = row % h
+    p = row // h
     n = p // C
     ch = p % C
-    hw = h * w
     if BAND_LAYOUT:
         plane0 = n * 3 * C + ch
         step = C
     else:
         plane0 = p * 3
         step = 1
-    src = hi + plane0 * hw + i * w + j
-    x = tl.load(ll + offs, mask=mask, other=0.0).to(tl.float32)
+    j = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = j < w
+    pix = i * w + j
+    src = hi + plane0 * h * w + pix
+    x = tl.load(ll + p * h * w + pix, mask=mask, other=0.0).to(tl.float32)
     hb = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    vb = tl.load(src + step * hw, mask=mask, other=0.0).to(tl.float32)
-    db = tl.load(src + 2 * step * hw, mask=mask, other=0.0).to(tl.float32)
-    pq, r, u = x + hb, x - hb, vb - db
-    q = vb + db
+    vb = tl.load(src + step * h * w, mask=mask, other=0.0).to(tl.float32)
+    db = tl.load(src + 2 * step * h * w, mask=mask, other=0.0).to(tl.float32)
+    pq, q, r, u = x + hb, vb + db, x - hb, vb - db
     ty = dst.dtype.element_ty
-    out = dst + p * Ho * Wo + (2 * i) * Wo + 2 * j
-    has_right = mask & (2 * j + 1 < Wo)
-    has_below = mask & (2 * i + 1 < Ho)
-    tl.store(out, (scale * (pq + q)).to(ty), mask=mask)
-    tl.store(out + 1, (scale * (pq - q)).to(ty), mask=has_right)
-    tl.store(out + Wo, (scale * (r + u)).to(ty), mask=has_below)
-    tl.store(out + Wo + 1, (scale * (r - u)).to(ty), mask=has_right & has_below)
+    top = tl.reshape(tl.join(scale * (pq + q), scale * (pq - q)), (2 * BLOCK_W,))
+    bottom = tl.reshape(tl.join(scale * (r + u), scale * (r - u)), (2 * BLOCK_W,))
+    cols = tl.program_id(1) * (2 * BLOCK_W) + tl.arange(0, 2 * BLOCK_W)
+    out = dst + p * Ho * Wo + (2 * i) * Wo + cols
+    in_row = cols < Wo
+    tl.store(out, top.to(ty), mask=in_row)
+    tl.store(out + Wo, bottom.to(ty), mask=in_row & ((2 * i + 1) < Ho))
+
+
+def _block(w: int) -> int:
+    return min(_BLOCK_W, triton.next_power_of_2(max(w, 1)))
 
 
 def dwt(x: torch.Tensor, levels: int, scale: float, band_layout: bool) -> list[torch.Tensor]:
@@ -92,10 +95,9 @@ def dwt(x: torch.Tensor, levels: int, scale: float, band_layout: bool) -> list[t
         highs.append(torch.empty(shape, dtype=x.dtype, device=x.device))
         ll_dtype = x.dtype if level == levels - 1 else torch.float32
         ll = torch.empty((n, c, h, w), dtype=ll_dtype, device=x.device)
-        total = n * c * h * w
-        _dwt_level_kernel[(triton.cdiv(total, _BLOCK),)](
-            src, ll, highs[-1], c, src_h, src_w, h, w, total, scale,
-            BAND_LAYOUT=band_layout, BLOCK=_BLOCK)
+        block = _block(w)
+        _dwt_level_kernel[(n * c * h, triton.cdiv(w, block))](
+            src, ll, highs[-1], c, src_h, src_w, h, w, scale, BAND_LAYOUT=band_layout, BLOCK_W=block)
         src, src_h, src_w = ll, h, w
     return [src] + highs
 
@@ -111,8 +113,8 @@ def idwt(ll: torch.Tensor, highs: list[torch.Tensor], scale: float, band_layout:
         ho, wo = (output_size if level == 0 else highs[level - 1].shape[-2:])
         out_dtype = ll.dtype if level == 0 else torch.float32
         out = torch.empty((n, c, ho, wo), dtype=out_dtype, device=ll.device)
-        total = n * c * h * w
-        _idwt_level_kernel[(triton.cdiv(total, _BLOCK),)](
-            x, hi, out, c, h, w, ho, wo, total, scale, BAND_LAYOUT=band_layout, BLOCK=_BLOCK)
+        block = _block(w)
+        _idwt_level_kernel[(n * c * h, triton.cdiv(w, block))](
+            x, hi, out, c, h, w, ho, wo, scale, BAND_LAYOUT=band_layout, BLOCK_W=block)
         x = out
     return x
