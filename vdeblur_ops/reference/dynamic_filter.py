@@ -1,0 +1,75 @@
+"""Per-pixel dynamic filtering written the way a user would: ``F.unfold``, multiply, sum
+(DSTNet Eq. 4; KPN / FAC-style kernel-prediction filters).
+
+out[n, c, y, x] = sum_{i,j<K} w[n, c // (C/G), i*K+j, y, x] * x[n, c, y*s - p + i*d, x*s - p + j*d],
+zero outside the frame. ``filter_scale=f`` first upsamples the filters with
+``F.interpolate(scale_factor=f, mode="bilinear", align_corners=False)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
+    """conv2d's output size along one axis."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def upsample_filters(weight: torch.Tensor, filter_scale: int) -> torch.Tensor:
+    """(N, G, K*K, h, w) -> (N, G, K*K, h*f, w*f), bilinear, align_corners=False."""
+    if filter_scale == 1:
+        return weight
+    n, g, kk = weight.shape[:3]
+    up = F.interpolate(weight.flatten(1, 2), scale_factor=filter_scale, mode="bilinear",
+                       align_corners=False)
+    return up.unflatten(1, (g, kk))
+
+
+def dynamic_filter2d(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int = 1,
+                     padding: int | None = None, dilation: int = 1,
+                     filter_scale: int = 1) -> torch.Tensor:
+    """x (N, C, H, W), weight (N, G, K*K, Ho/f, Wo/f) or (N, G, K, K, Ho/f, Wo/f)
+    -> (N, C, Ho, Wo); padding defaults to dilation * (K - 1) // 2."""
+    k = kernel_size
+    if padding is None:
+        padding = dilation * (k - 1) // 2
+    if weight.dim() == 6:
+        weight = weight.flatten(2, 3)
+    n, c, h, w = x.shape
+    g = weight.shape[1]
+    ho = output_size(h, k, stride, padding, dilation)
+    wo = output_size(w, k, stride, padding, dilation)
+    weight = upsample_filters(weight, filter_scale)
+    cols = F.unfold(x, k, dilation=dilation, padding=padding, stride=stride)  # (N, C*K*K, Ho*Wo)
+    cols = cols.view(n, g, c // g, k * k, ho, wo)
+    return (cols * weight.unsqueeze(2)).sum(3).reshape(n, c, ho, wo)
+
+
+def dynamic_filter2d_shifted(x: torch.Tensor, weight: torch.Tensor, kernel_size: int,
+                             stride: int = 1, padding: int | None = None, dilation: int = 1,
+                             filter_scale: int = 1) -> torch.Tensor:
+    """The same maths as :func:`dynamic_filter2d`, accumulating the K*K shifted (strided) views of
+    the zero-padded x times the matching filter plane: the fastest plain-PyTorch formulation on
+    CPU, used as a benchmark baseline."""
+    k = kernel_size
+    if padding is None:
+        padding = dilation * (k - 1) // 2
+    if weight.dim() == 6:
+        weight = weight.flatten(2, 3)
+    n, c, h, w = x.shape
+    g = weight.shape[1]
+    ho = output_size(h, k, stride, padding, dilation)
+    wo = output_size(w, k, stride, padding, dilation)
+    weight = upsample_filters(weight, filter_scale)
+    xp = F.pad(x, (padding, padding, padding, padding)).view(n, g, c // g, h + 2 * padding,
+                                                             w + 2 * padding)
+    planes = weight.unsqueeze(2).unbind(3)  # unbind: one gradient stack, not K*K zero-fills
+    out = None
+    for i in range(k):
+        for j in range(k):
+            view = xp[..., i * dilation: i * dilation + stride * (ho - 1) + 1: stride,
+                      j * dilation: j * dilation + stride * (wo - 1) + 1: stride]
+            term = view * planes[i * k + j]
+            out = term if out is None else out.add_(term)
+    return out.reshape(n, c, ho, wo)
