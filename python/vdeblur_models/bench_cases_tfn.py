@@ -1,0 +1,141 @@
+"""TFN end to end as ``vdeblur_ops.bench`` cases: the whole model with the fused ops against the
+same model (same weights) under ``backend("reference")``. Family "temporal_attention" (the op whose
+backends differ; the rest of the model is plain convolutions).
+
+Presets: "tiny" (smoke test), "cpu" (tiny model, 5 frames of 64x64: what CI affords), "gpu"
+(5 frames of 720p, forward only: time per frame = median / 5; the paper reports 0.69 s per frame,
+Table 1). The "gpu" case runs the paper model when ``temporal_attention`` accepts its 768
+bottleneck channels, else the largest model it accepts (C32: 256 bottleneck channels, R3 B6),
+named in the case's shape.
+
+The generic helpers (:func:`model_cases`, :func:`measure_cpu_ratio`) serve TSV-RNN's cases too.
+``python -m vdeblur_models.bench_cases_tfn`` prints the CPU end-to-end ratio.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+import vdeblur_ops
+from vdeblur_ops.bench import Case
+from vdeblur_ops.ops.temporal_attention import MAX_CHANNELS
+
+import vdeblur_models
+
+# The largest TFN the temporal_attention op accepts, when it refuses the paper's 768 channels.
+_GPU_FALLBACK = dict(channels=32, rdb_per_scale=3, fusion_layers=6, frames=5)
+_GPU_TFN = ("paper", {}) if MAX_CHANNELS >= 8 * 96 else ("C32R3B6", _GPU_FALLBACK)
+
+# preset -> (model preset, overrides, N, T, H, W, time forward+backward too)
+SHAPES = {
+    "tiny": ("tiny", {}, 1, 3, 16, 16, True),
+    "cpu": ("tiny", {}, 2, 5, 64, 64, True),
+    "gpu": (_GPU_TFN[0], _GPU_TFN[1], 1, 5, 720, 1280, False),
+}
+
+
+def model_factory(name: str, preset: str, overrides: dict | None = None,
+                  seed: int = 0) -> Callable[[torch.device, torch.dtype], torch.nn.Module]:
+    """``get(device, dtype)``: model ``name`` with identical weights per (device, dtype), built
+    once each (the benchmark's float64 reference run gets its own float64 copy)."""
+    cache: dict[tuple[torch.device, torch.dtype], torch.nn.Module] = {}
+    base_preset = preset if preset in vdeblur_models.list_models()[name] else "paper"
+
+    def get(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+        key = (torch.device(device), dtype)
+        if key not in cache:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = vdeblur_models.build(name, base_preset, **(overrides or {}))
+            cache[key] = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return cache[key]
+
+    return get
+
+
+def model_cases(name: str, family: str, shapes: dict, preset: str,
+                dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> list[Case]:
+    """One end-to-end Case of model ``name`` for bench ``preset`` from ``shapes[preset]``."""
+    model_preset, overrides, n, t, h, w, backward = shapes[preset]
+    get_model = model_factory(name, model_preset, overrides)
+
+    def make_inputs(device, dtype):
+        return (torch.rand(n, t, 3, h, w, device=device, dtype=dtype, requires_grad=backward),)
+
+    def run(frames):
+        return get_model(frames.device, frames.dtype)(frames)
+
+    return [Case(family, name, f"{model_preset} {n}x{t}x3x{h}x{w}", make_inputs, run, dtypes,
+                 backward=backward)]
+
+
+def cases(preset: str) -> list[Case]:
+    return model_cases("tfn", "temporal_attention", SHAPES, preset)
+
+
+def measure_cpu_ratio(name: str, preset: str, shape: tuple[int, ...], overrides: dict | None = None,
+                      repeats: int = 5, kernel_backend: str | None = None, backward: bool = False,
+                      cpu_time: bool = False) -> dict[str, float]:
+    """Seconds per call of model ``name`` with the fused ops (automatic choice, or
+    ``kernel_backend``) and under ``backend("reference")``, interleaved so both share the
+    machine's noise: medians, minima, and the ratio of the minima (fused / reference: below 1
+    means the fused ops win). ``backward`` times forward + backward (gradient of the frames);
+    ``cpu_time`` measures the process's CPU time instead of wall time, which on a machine shared
+    by many jobs is far steadier (use it with ``torch.set_num_threads(1)``)."""
+    clock = time.process_time if cpu_time else time.perf_counter
+    model = model_factory(name, preset, overrides)(torch.device("cpu"), torch.float32)
+    frames = torch.rand(*shape, requires_grad=backward)
+
+    def step() -> torch.Tensor:
+        if not backward:
+            with torch.no_grad():
+                return model(frames)
+        out = model(frames)
+        out.backward(torch.ones_like(out))
+        return out.detach()
+
+    outs, times = {}, {kernel_backend: [], "reference": []}
+    for which in times:  # warm-up, and the outputs to compare
+        with vdeblur_ops.backend(which):
+            outs[which] = step()
+    for _ in range(repeats):
+        for which, spent in times.items():
+            with vdeblur_ops.backend(which):
+                t0 = clock()
+                step()
+                spent.append(clock() - t0)
+    fused, ref = sorted(times[kernel_backend]), sorted(times["reference"])
+    err = ((outs[kernel_backend] - outs["reference"]).norm() / outs["reference"].norm()).item()
+    return {"fused_s": fused[0], "reference_s": ref[0], "ratio": fused[0] / ref[0],
+            "fused_median_s": fused[len(fused) // 2], "reference_median_s": ref[len(ref) // 2],
+            "rel_err": err}
+
+
+def main(name: str, default_preset: str, default_shape: str) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=f"{name} CPU end to end: fused over reference")
+    parser.add_argument("--preset", default=default_preset)
+    parser.add_argument("--shape", default=default_shape, help="N,T,3,H,W")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backward", action="store_true", help="time forward + backward")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="process CPU time instead of wall time (steadier on a shared machine)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = tuple(int(s) for s in args.shape.split(","))
+    res = measure_cpu_ratio(name, args.preset, shape, repeats=args.repeats,
+                            backward=args.backward, cpu_time=args.cpu_time)
+    print(f"{name} {args.preset} {args.shape} {'fwd+bwd' if args.backward else 'fwd'} on CPU "
+          f"({torch.get_num_threads()} threads, {'CPU' if args.cpu_time else 'wall'} time, best of "
+          f"{args.repeats}): fused {res['fused_s']:.3f} s, reference {res['reference_s']:.3f} s, "
+          f"ratio fused/reference {res['ratio']:.3f} (medians {res['fused_median_s']:.3f} / "
+          f"{res['reference_median_s']:.3f} s), rel. error {res['rel_err']:.1e}")
+
+
+if __name__ == "__main__":
+    main("tfn", "tiny", "2,5,3,64,64")
