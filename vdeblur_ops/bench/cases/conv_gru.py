@@ -12,8 +12,9 @@ _SHAPES = {"cpu": (4, 64, 128, 128), "gpu": (4, 128, 180, 320), "tiny": (1, 4, 5
 def _lerp_pair(gx, gh_zr, gh_n, h):
     """A tighter plain-PyTorch paper-form step: one add and one sigmoid over both gates, lerp."""
     c = h.shape[1]
-    z, r = torch.sigmoid(gx[:, :2 * c] + gh_zr).chunk(2, dim=1)
-    return r * h, torch.lerp(h, torch.tanh(gx[:, 2 * c:] + gh_n), z)
+    gx_zr, gx_n = gx.split((2 * c, c), dim=1)
+    z, r = torch.sigmoid(gx_zr + gh_zr).chunk(2, dim=1)
+    return r * h, torch.lerp(h, torch.tanh(gx_n + gh_n), z)
 
 
 def _lerp_gates(gx, gh, h):
@@ -35,9 +36,11 @@ def cases(preset: str) -> list[Case]:
                 randn(device, dtype, c))
 
     def pair(gx, gh_zr, gh_n, h):
-        # gh_n would be U * rh; here it is an independent input so that only the gates are timed.
-        z, rh = conv_gru_reset(gx[:, :2 * c], gh_zr, h)
-        return rh, conv_gru_update(z, gx[:, 2 * c:], gh_n, h)
+        # As ConvGRUCell does it. gh_n would be U * rh; here it is an independent input so that
+        # only the gates are timed.
+        gx_zr, gx_n = gx.split((2 * c, c), dim=1)
+        z, rh = conv_gru_reset(gx_zr, gh_zr, h)
+        return rh, conv_gru_update(z, gx_n, gh_n, h)
 
     def reset_inputs(device, dtype):
         return randn(device, dtype, 2 * c), randn(device, dtype, 2 * c), randn(device, dtype, c)

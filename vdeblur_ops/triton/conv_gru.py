@@ -1,0 +1,239 @@
+"""Triton ConvGRU gate kernels (DESIGN.md 4.3): one program per block of elements of the
+(N, C, *spatial) state, computing in float32; the same formulas as csrc/include/vdeblur/conv_gru.h.
+
+Gate tensors are read in place when their per-sample block (k*C, *spatial) is contiguous (a
+channel slice of a conv output is), with any batch stride; other layouts are copied once.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK = 1024
+
+
+@triton.jit
+def _sigmoid(x):
+    # The clamp keeps e^{-x} finite (same result: 1 / (1 + e^88) is 0 in float32).
+    return 1.0 / (1.0 + tl.exp(tl.minimum(-x, 88.0)))
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (e^{2x} + 1): exact limits +-1 when e^{2x} overflows or underflows.
+    return 1.0 - 2.0 / (tl.exp(tl.minimum(2.0 * x, 88.0)) + 1.0)
+
+
+@triton.jit
+def _cast(x, ty: tl.constexpr):
+    """float32 -> ty, rounding to nearest even for bfloat16 explicitly: the Triton interpreter
+    truncates there (GPUs round), which would double the error of the interpreter tests."""
+    if ty == tl.bfloat16:
+        b = x.to(tl.uint32, bitcast=True)
+        b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+        x = b.to(tl.float32, bitcast=True)
+    return x.to(ty)
+
+
+@triton.jit
+def _index(offs, CS):
+    n = offs // CS
+    return n, offs - n * CS
+
+
+@triton.jit
+def _reset_kernel(gx, gh, h, z, rh, r, CS, total, s_gx, s_gh, s_h,
+                  SAVE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n, i = _index(offs, CS)
+    x_z = tl.load(gx + n * s_gx + i, mask=mask).to(tl.float32)
+    x_r = tl.load(gx + n * s_gx + CS + i, mask=mask).to(tl.float32)
+    u_z = tl.load(gh + n * s_gh + i, mask=mask).to(tl.float32)
+    u_r = tl.load(gh + n * s_gh + CS + i, mask=mask).to(tl.float32)
+    hv = tl.load(h + n * s_h + i, mask=mask).to(tl.float32)
+    zv = _sigmoid(x_z + u_z)
+    rv = _sigmoid(x_r + u_r)
+    ty = z.dtype.element_ty
+    tl.store(z + offs, _cast(zv, ty), mask=mask)
+    tl.store(rh + offs, _cast(rv * hv, ty), mask=mask)
+    if SAVE:
+        tl.store(r + offs, _cast(rv, ty), mask=mask)
+
+
+@triton.jit
+def _reset_backward_kernel(gz, grh, z, r, h, ga, gh, CS, total, s_gz, s_grh, s_z, s_r, s_h,
+                           BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n, i = _index(offs, CS)
+    g_z = tl.load(gz + n * s_gz + i, mask=mask).to(tl.float32)
+    g_rh = tl.load(grh + n * s_grh + i, mask=mask).to(tl.float32)
+    zv = tl.load(z + n * s_z + i, mask=mask).to(tl.float32)
+    rv = tl.load(r + n * s_r + i, mask=mask).to(tl.float32)
+    hv = tl.load(h + n * s_h + i, mask=mask).to(tl.float32)
+    ty = ga.dtype.element_ty
+    out = ga + n * 2 * CS + i
+    tl.store(out, _cast(g_z * zv * (1.0 - zv), ty), mask=mask)
+    tl.store(out + CS, _cast(g_rh * hv * rv * (1.0 - rv), ty), mask=mask)
+    tl.store(gh + offs, _cast(g_rh * rv, ty), mask=mask)
+
+
+@triton.jit
+def _update_kernel(z, gx, gh, h, out, h_hat, CS, total, s_z, s_gx, s_gh, s_h,
+                   SAVE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n, i = _index(offs, CS)
+    zv = tl.load(z + n * s_z + i, mask=mask).to(tl.float32)
+    a = tl.load(gx + n * s_gx + i, mask=mask).to(tl.float32) + tl.load(gh + n * s_gh + i, mask=mask).to(tl.float32)
+    hv = tl.load(h + n * s_h + i, mask=mask).to(tl.float32)
+    hh = _tanh(a)
+    ty = out.dtype.element_ty
+    tl.store(out + offs, _cast(hv + zv * (hh - hv), ty), mask=mask)
+    if SAVE:
+        tl.store(h_hat + offs, _cast(hh, ty), mask=mask)
+
+
+@triton.jit
+def _update_backward_kernel(g, z, h_hat, h, gz, gn, gh, CS, total, s_g, s_z, s_hh, s_h,
+                            BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n, i = _index(offs, CS)
+    gv = tl.load(g + n * s_g + i, mask=mask).to(tl.float32)
+    zv = tl.load(z + n * s_z + i, mask=mask).to(tl.float32)
+    hh = tl.load(h_hat + n * s_hh + i, mask=mask).to(tl.float32)
+    hv = tl.load(h + n * s_h + i, mask=mask).to(tl.float32)
+    ty = gz.dtype.element_ty
+    tl.store(gz + offs, _cast(gv * (hh - hv), ty), mask=mask)
+    tl.store(gn + offs, _cast(gv * zv * (1.0 - hh * hh), ty), mask=mask)
+    tl.store(gh + offs, _cast(gv * (1.0 - zv), ty), mask=mask)
+
+
+@triton.jit
+def _gates_kernel(gx, gh, h, out, ws, CS, total, s_gx, s_gh, s_h,
+                  SAVE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n, i = _index(offs, CS)
+    px = gx + n * s_gx + i
+    pu = gh + n * s_gh + i
+    u_n_raw = tl.load(pu + 2 * CS, mask=mask)
+    u_n = u_n_raw.to(tl.float32)
+    zv = _sigmoid(tl.load(px, mask=mask).to(tl.float32) + tl.load(pu, mask=mask).to(tl.float32))
+    rv = _sigmoid(tl.load(px + CS, mask=mask).to(tl.float32) + tl.load(pu + CS, mask=mask).to(tl.float32))
+    hh = _tanh(tl.load(px + 2 * CS, mask=mask).to(tl.float32) + rv * u_n)
+    hv = tl.load(h + n * s_h + i, mask=mask).to(tl.float32)
+    ty = out.dtype.element_ty
+    tl.store(out + offs, _cast(hv + zv * (hh - hv), ty), mask=mask)
+    if SAVE:
+        pw = ws + n * 4 * CS + i
+        tl.store(pw, _cast(zv, ty), mask=mask)
+        tl.store(pw + CS, _cast(rv, ty), mask=mask)
+        tl.store(pw + 2 * CS, _cast(hh, ty), mask=mask)
+        tl.store(pw + 3 * CS, u_n_raw, mask=mask)
+
+
+@triton.jit
+def _gates_backward_kernel(g, ws, h, gx, gu, gh, CS, total, s_g, s_ws, s_h, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n, i = _index(offs, CS)
+    gv = tl.load(g + n * s_g + i, mask=mask).to(tl.float32)
+    pw = ws + n * s_ws + i
+    zv = tl.load(pw, mask=mask).to(tl.float32)
+    rv = tl.load(pw + CS, mask=mask).to(tl.float32)
+    hh = tl.load(pw + 2 * CS, mask=mask).to(tl.float32)
+    u_n = tl.load(pw + 3 * CS, mask=mask).to(tl.float32)
+    hv = tl.load(h + n * s_h + i, mask=mask).to(tl.float32)
+    a_n = gv * zv * (1.0 - hh * hh)
+    a_z = gv * (hh - hv) * zv * (1.0 - zv)
+    a_r = a_n * u_n * rv * (1.0 - rv)
+    ty = gx.dtype.element_ty
+    px = gx + n * 3 * CS + i
+    pu = gu + n * 3 * CS + i
+    tl.store(px, _cast(a_z, ty), mask=mask)
+    tl.store(pu, _cast(a_z, ty), mask=mask)
+    tl.store(px + CS, _cast(a_r, ty), mask=mask)
+    tl.store(pu + CS, _cast(a_r, ty), mask=mask)
+    tl.store(px + 2 * CS, _cast(a_n, ty), mask=mask)
+    tl.store(pu + 2 * CS, _cast(a_n * rv, ty), mask=mask)
+    tl.store(gh + offs, _cast(gv * (1.0 - zv), ty), mask=mask)
+
+
+# ---- launchers ---------------------------------------------------------------------------------
+
+def _blocks(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """t, readable with a contiguous per-sample block, and its batch stride (0 when N == 1)."""
+    if not t[0].is_contiguous():
+        t = t.contiguous()
+    return t, (t.stride(0) if t.shape[0] > 1 else 0)
+
+
+def _like(h: torch.Tensor, k: int = 1) -> torch.Tensor:
+    shape = list(h.shape)
+    shape[1] *= k
+    return torch.empty(shape, dtype=h.dtype, device=h.device)
+
+
+def _geometry(h: torch.Tensor) -> tuple[int, int, tuple[int]]:
+    cs = h.numel() // h.shape[0]
+    return cs, h.numel(), (triton.cdiv(h.numel(), _BLOCK),)
+
+
+def reset(gx_zr, gh_zr, h, save: bool):
+    (gx, s_gx), (gh, s_gh), (hc, s_h) = _blocks(gx_zr), _blocks(gh_zr), _blocks(h)
+    z, rh = _like(h), _like(h)
+    r = _like(h) if save else h.new_empty((0,))
+    cs, total, grid = _geometry(h)
+    _reset_kernel[grid](gx, gh, hc, z, rh, r if save else z, cs, total, s_gx, s_gh, s_h,
+                        SAVE=save, BLOCK=_BLOCK)
+    return z, rh, r
+
+
+def reset_backward(grad_z, grad_rh, z, r, h):
+    (gz, s1), (grh, s2), (zc, s3), (rc, s4), (hc, s5) = map(_blocks, (grad_z, grad_rh, z, r, h))
+    ga, gh = _like(h, 2), _like(h)
+    cs, total, grid = _geometry(h)
+    _reset_backward_kernel[grid](gz, grh, zc, rc, hc, ga, gh, cs, total, s1, s2, s3, s4, s5,
+                                 BLOCK=_BLOCK)
+    return ga, gh
+
+
+def update(z, gx_n, gh_n, h, save: bool):
+    (zc, s1), (gx, s2), (gh, s3), (hc, s4) = map(_blocks, (z, gx_n, gh_n, h))
+    out = _like(h)
+    h_hat = _like(h) if save else h.new_empty((0,))
+    cs, total, grid = _geometry(h)
+    _update_kernel[grid](zc, gx, gh, hc, out, h_hat if save else out, cs, total, s1, s2, s3, s4,
+                         SAVE=save, BLOCK=_BLOCK)
+    return out, h_hat
+
+
+def update_backward(grad, z, h_hat, h):
+    (g, s1), (zc, s2), (hh, s3), (hc, s4) = map(_blocks, (grad, z, h_hat, h))
+    gz, gn, gh = _like(h), _like(h), _like(h)
+    cs, total, grid = _geometry(h)
+    _update_backward_kernel[grid](g, zc, hh, hc, gz, gn, gh, cs, total, s1, s2, s3, s4,
+                                  BLOCK=_BLOCK)
+    return gz, gn, gh
+
+
+def gates(gx, gh, h, save: bool):
+    (x, s1), (u, s2), (hc, s3) = map(_blocks, (gx, gh, h))
+    out = _like(h)
+    ws = _like(h, 4) if save else h.new_empty((0,))
+    cs, total, grid = _geometry(h)
+    _gates_kernel[grid](x, u, hc, out, ws if save else out, cs, total, s1, s2, s3,
+                        SAVE=save, BLOCK=_BLOCK)
+    return out, ws
+
+
+def gates_backward(grad, workspace, h):
+    (g, s1), (ws, s2), (hc, s3) = map(_blocks, (grad, workspace, h))
+    gx, gu, gh = _like(h, 3), _like(h, 3), _like(h)
+    cs, total, grid = _geometry(h)
+    _gates_backward_kernel[grid](g, ws, hc, gx, gu, gh, cs, total, s1, s2, s3, BLOCK=_BLOCK)
+    return gx, gu, gh
