@@ -48,14 +48,17 @@ def _with_cuda():
 def _extensions():
     with_cuda = _with_cuda()
     cpu_flags = shlex.split(os.environ.get("VDEBLUR_CPU_FLAGS", "-march=native"))
-    cxx = ["-O3", "-std=c++17", *cpu_flags]
+    # -fopenmp: at::parallel_for is inline OpenMP in ATen's headers; without it every kernel
+    # would run on one thread.
+    cxx = ["-O3", "-std=c++17", "-fopenmp", *cpu_flags]
     nvcc = ["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-v"]
     exts = []
     for fam in _families():
         sources = [f"csrc/torch/{fam}.cpp"]
         if (CSRC / "cpu" / f"{fam}.cpp").exists():
             sources.append(f"csrc/cpu/{fam}.cpp")
-        kwargs = dict(include_dirs=[str(CSRC / "include")], extra_compile_args={"cxx": cxx})
+        kwargs = dict(include_dirs=[str(CSRC / "include")], extra_compile_args={"cxx": cxx},
+                      extra_link_args=["-fopenmp"])
         if with_cuda and (CSRC / "cuda" / f"{fam}.cu").exists():
             sources.append(f"csrc/cuda/{fam}.cu")
             kwargs["extra_compile_args"] = {"cxx": cxx + ["-DVDEBLUR_WITH_CUDA"], "nvcc": nvcc}

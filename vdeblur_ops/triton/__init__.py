@@ -19,3 +19,26 @@ except ImportError:  # pragma: no cover - triton is a hard dependency on Linux
 TRITON_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 TRITON_ON_CPU = TRITON_UNAVAILABLE_REASON is None and TRITON_INTERPRETING
 TRITON_ON_CUDA = TRITON_UNAVAILABLE_REASON is None and torch.cuda.is_available()
+
+
+def _interpreter_scalar_index_fix() -> None:
+    """Triton 3.6's interpreter turns scalar kernel arguments into 1-element arrays and reads
+    them back with int(array), which NumPy >= 2.3 rejects for 1-d arrays: every loop with a
+    runtime bound (``range(0, n, BLOCK)``) then fails. Re-define ``__index__`` with ``.item()``.
+    Idempotent; applied only under TRITON_INTERPRET=1 (compiled kernels are unaffected)."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_vdeblur_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    patched._vdeblur_fixed = True
+    interpreter._patch_lang_tensor = patched
+
+
+if TRITON_ON_CPU:
+    _interpreter_scalar_index_fix()

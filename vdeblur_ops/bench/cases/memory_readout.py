@@ -41,7 +41,8 @@ def cases(preset: str) -> list[Case]:
         return (t(n, ck, nq), t(n, ck, nm), t(n, cv, nm), t(n, cv, nm))
 
     def moved(inputs, dtype):  # read keys and values once, write the outputs once
-        return sum(x.numel() for x in inputs) * torch.finfo(dtype).bits // 8 + 2 * n * cv * nq * torch.finfo(dtype).bits // 8
+        elements = sum(x.numel() for x in inputs) + 2 * n * cv * nq
+        return elements * torch.finfo(dtype).bits // 8
 
     def full(q, k, v0, v1):
         return memory_readout(q, k, [v0, v1])

@@ -1,0 +1,684 @@
+// CPU memory readout (MemDeblur Eqs. 5-7) without the N x Nm x Nq affinity.
+//
+// Full softmax, forward: one task per (batch, tile of BQ queries) streams over tiles of BM memory
+// positions: S = K_t^T Q_t (GEMM), online softmax per query column, O_i += V_i,t P for every value
+// tensor with the same P (GEMM). Extra memory per thread: one BM x BQ tile and the O_i tiles.
+// Full softmax, backward (FlashAttention-2): one task per (batch, memory tile) owns that tile's
+// dK, dV and loops over query tiles, recomputing P from the saved log-sum-exp; dQ goes to a
+// per-thread accumulator summed at the end (no atomics).
+// Top-k, forward: per (batch, query tile), S = K_t^T Q_t tiles stream through per-query candidate
+// lists (one vector compare tests a memory row against 16 queries' thresholds; few scores pass),
+// then a softmax over each query's k kept scores; a second pass gathers the k kept value columns
+// per query from a transposed copy of one value matrix. Extra memory O(N Nq k + Nm Cv).
+// Top-k, backward: gathers and scatters through the kept (weight, index) pairs, one task per
+// channel row so that scatters never race.
+#include "memory_readout.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <c10/util/ParallelGuard.h>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <thread>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "vdeblur/memory_readout.h"
+
+namespace vdeblur {
+namespace cpu {
+namespace {
+
+using namespace vdeblur::memory_readout;
+
+constexpr int64_t kBQ = 128;  // queries per tile
+constexpr int64_t kBM = 256;  // memory positions per tile (a BM x BQ float tile is 128 KiB)
+
+// Threads. at::parallel_for runs serially when this file is compiled without -fopenmp (as
+// torch.utils.cpp_extension builds it unless told otherwise), and BLAS calls on small tiles must
+// not fork their own thread teams inside our tasks. So with OpenMP, at::parallel_for (BLAS sees
+// the enclosing parallel region and runs sequentially); without, std::threads that carry the
+// caller's thread-local state (dispatch keys, grad mode) and ask MKL / OpenMP BLAS for one thread
+// each through weak symbols (absent runtimes are simply skipped).
+#ifndef _OPENMP
+extern "C" {
+__attribute__((weak)) int MKL_Set_Num_Threads_Local(int);  // MKL's C entry point (lower case is Fortran)
+__attribute__((weak)) void omp_set_num_threads(int);
+}
+#endif
+
+// Below kMinParallelWork (about a millisecond of multiply-adds) one worker runs everything:
+// starting threads would cost more than it saves.
+constexpr int64_t kMinParallelWork = int64_t(1) << 21;
+
+int64_t worker_count(int64_t tasks, int64_t work_per_task) {
+  if (tasks * work_per_task < kMinParallelWork) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+}
+
+// fn(worker, begin, end) over [0, tasks) in contiguous chunks, worker in
+// [0, worker_count(tasks, work_per_task)); work_per_task is a rough count of multiply-adds.
+template <typename F>
+void parallel_tasks(int64_t tasks, int64_t work_per_task, const F& fn) {
+  if (tasks <= 0) return;
+  const int64_t workers = worker_count(tasks, work_per_task);
+  const int64_t chunk = ceil_div(tasks, workers);
+#ifdef _OPENMP
+  at::parallel_for(0, workers, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) fn(w, w * chunk, std::min(tasks, (w + 1) * chunk));
+  });
+#else
+  if (workers == 1 || at::in_parallel_region()) {
+    fn(0, 0, tasks);
+    return;
+  }
+  const at::ThreadLocalState state;
+  std::vector<std::exception_ptr> errors(workers);
+  std::vector<std::thread> pool;
+  for (int64_t w = 0; w < workers; ++w) {
+    pool.emplace_back([&, w] {
+      try {
+        at::ThreadLocalStateGuard tls(state);
+        c10::ParallelGuard nested(true);  // torch ops inside run inline
+        if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(1);
+        if (omp_set_num_threads) omp_set_num_threads(1);
+        fn(w, w * chunk, std::min(tasks, (w + 1) * chunk));
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+#endif
+}
+
+int64_t channel_sum(const std::vector<at::Tensor>& values) {
+  int64_t sum = 0;
+  for (const auto& v : values) sum += v.size(1);
+  return sum;
+}
+
+// A contiguous (rows, cols) matrix over raw storage, for GEMMs into per-thread scratch.
+at::Tensor mat(void* data, int64_t rows, int64_t cols, const at::TensorOptions& opts) {
+  return at::from_blob(data, {rows, cols}, opts);
+}
+
+// |k_p|^2 per memory position (N, Nm), only for "l2".
+// Computed in plain loops, like every other pass here: a torch op on the calling thread would
+// start OpenMP threads that keep spinning while our workers run.
+template <typename T>
+at::Tensor key_norms(const at::Tensor& k, bool l2) {
+  if (!l2) return at::Tensor();
+  const int64_t N = k.size(0), Ck = k.size(1), Nm = k.size(2);
+  at::Tensor kn = at::empty({N, Nm}, k.options());
+  parallel_tasks(N, Ck * Nm, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      T* dst = kn.data_ptr<T>() + n * Nm;
+      std::fill(dst, dst + Nm, T(0));
+      for (int64_t c = 0; c < Ck; ++c) {
+        const T* row = k.data_ptr<T>() + n * k.stride(0) + c * k.stride(1);
+        for (int64_t p = 0; p < Nm; ++p) dst[p] += row[p] * row[p];
+      }
+    }
+  });
+  return kn;
+}
+
+template <typename T>
+void full_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vector<at::Tensor>& values,
+                       const std::vector<at::Tensor>& outs, const at::Tensor& lse, bool l2, T scale) {
+  const int64_t N = q.size(0), Nq = q.size(2), Nm = k.size(2);
+  const int64_t nv = static_cast<int64_t>(values.size()), cv_sum = channel_sum(values);
+  const T ds = dot_scale<T>(l2, scale), ns = norm_scale<T>(l2, scale);
+  const at::Tensor kn = key_norms<T>(k, l2);
+  const int64_t n_qt = ceil_div(Nq, kBQ);
+  int64_t cv_max = 0;
+  for (const auto& v : values) cv_max = std::max(cv_max, v.size(1));
+  const auto opts = q.options();
+
+  parallel_tasks(N * n_qt, (q.size(1) + cv_sum) * kBQ * Nm, [&](int64_t, int64_t begin, int64_t end) {
+    at::Tensor s_buf = at::empty({kBM * kBQ}, opts);
+    at::Tensor o_buf = at::empty({nv, cv_max * kBQ}, opts);
+    std::vector<T> m(kBQ), l(kBQ), corr(kBQ), tile_max(kBQ), tile_sum(kBQ);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / n_qt, q0 = (task % n_qt) * kBQ, bq = std::min(kBQ, Nq - q0);
+      const at::Tensor qt = q[n].narrow(1, q0, bq);  // (Ck, bq)
+      std::vector<at::Tensor> o(nv);
+      for (int64_t i = 0; i < nv; ++i) {
+        o[i] = mat(o_buf[i].data_ptr<T>(), values[i].size(1), bq, opts);
+        o[i].zero_();
+      }
+      std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+      std::fill(l.begin(), l.end(), T(0));
+      for (int64_t p0 = 0; p0 < Nm; p0 += kBM) {
+        const int64_t bm = std::min(kBM, Nm - p0);
+        at::Tensor st = mat(s_buf.data_ptr<T>(), bm, bq, opts);
+        at::addmm_out(st, st, k[n].narrow(1, p0, bm).t(), qt, 0, ds);  // (bm, bq)
+        T* s = st.data_ptr<T>();
+        const T* knp = l2 ? kn[n].data_ptr<T>() + p0 : nullptr;
+        std::fill(tile_max.begin(), tile_max.begin() + bq, -std::numeric_limits<T>::infinity());
+        for (int64_t p = 0; p < bm; ++p) {
+          T* row = s + p * bq;
+          const T bias = l2 ? ns * knp[p] : T(0);
+          for (int64_t j = 0; j < bq; ++j) {
+            const T v = row[j] - bias;
+            row[j] = v;
+            tile_max[j] = v > tile_max[j] ? v : tile_max[j];
+          }
+        }
+        bool rescale = false;
+        for (int64_t j = 0; j < bq; ++j) {
+          const T new_max = std::max(m[j], tile_max[j]);
+          corr[j] = rescale_factor(m[j], new_max);
+          rescale |= corr[j] != T(1);
+          m[j] = new_max;
+          tile_sum[j] = T(0);
+        }
+        for (int64_t p = 0; p < bm; ++p) {
+          T* row = s + p * bq;
+          for (int64_t j = 0; j < bq; ++j) {
+            const T e = exp_nonpos(row[j] - m[j]);
+            row[j] = e;
+            tile_sum[j] += e;
+          }
+        }
+        for (int64_t j = 0; j < bq; ++j) l[j] = l[j] * corr[j] + tile_sum[j];
+        for (int64_t i = 0; i < nv; ++i) {
+          if (rescale) {
+            T* od = o[i].data_ptr<T>();
+            for (int64_t c = 0; c < o[i].size(0); ++c)
+              for (int64_t j = 0; j < bq; ++j) od[c * bq + j] *= corr[j];
+          }
+          at::addmm_out(o[i], o[i], values[i][n].narrow(1, p0, bm), st, 1, 1);
+        }
+      }
+      T* lse_row = lse.data_ptr<T>() + n * Nq + q0;
+      for (int64_t j = 0; j < bq; ++j) {
+        lse_row[j] = m[j] + std::log(l[j]);
+        corr[j] = T(1) / l[j];
+      }
+      for (int64_t i = 0; i < nv; ++i) {
+        const int64_t cv = values[i].size(1);
+        const T* od = o[i].data_ptr<T>();
+        T* dst = outs[i].data_ptr<T>() + n * cv * Nq + q0;
+        for (int64_t c = 0; c < cv; ++c)
+          for (int64_t j = 0; j < bq; ++j) dst[c * Nq + j] = od[c * bq + j] * corr[j];
+      }
+    }
+  });
+}
+
+// One query's candidates for its k largest scores: every score above the threshold is appended;
+// when the buffer is full, a selection keeps the k largest and raises the threshold to the
+// smallest of them. Amortised O(1) per candidate, and few scores pass once the threshold is
+// good, so the vectorised threshold test (scan_row) does almost all the work. The threshold lives
+// in a per-tile array so that scan_row compares a whole row of queries at once.
+template <typename T>
+struct Candidates {
+  struct Entry {
+    T val;
+    int64_t idx;
+  };
+  Entry* buf;  // cap entries
+  T* scratch;  // cap values, shared by the lists of one thread
+  T* thr;
+  int64_t k, cap, count;
+
+  void init(Entry* b, T* sc, T* threshold, int64_t kk, int64_t capacity) {
+    buf = b;
+    scratch = sc;
+    thr = threshold;
+    k = kk;
+    cap = capacity;
+    count = 0;
+    *thr = -std::numeric_limits<T>::infinity();
+  }
+  void keep_best() {  // the k largest first, thr = the smallest of them
+    for (int64_t i = 0; i < count; ++i) scratch[i] = buf[i].val;
+    std::nth_element(scratch, scratch + k - 1, scratch + count, std::greater<T>());
+    const T kth = scratch[k - 1];
+    int64_t above = 0;
+    for (int64_t i = 0; i < count; ++i) above += buf[i].val > kth;
+    // Keep the entries above the k-th largest and as many equal to it as fill k (ties).
+    int64_t ties = k - above, kept = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const bool keep = buf[i].val > kth || (buf[i].val == kth && ties-- > 0);
+      if (keep) buf[kept++] = buf[i];
+    }
+    *thr = kth;
+    count = k;
+  }
+  void push(T s, int64_t p) {  // caller checked s > *thr
+    buf[count++] = Entry{s, p};
+    if (count == cap) keep_best();
+  }
+  void finish() {
+    if (count > k) keep_best();
+    // Only NaN scores can leave fewer than k candidates: keep the indices in range, let NaN flow.
+    while (count < k) buf[count++] = Entry{std::numeric_limits<T>::quiet_NaN(), 0};
+  }
+};
+
+// Offers score row[j] - bias of memory position p to query j's list, for every j in [0, bq)
+// whose score beats its threshold.
+template <typename T>
+void scan_row(const T* row, T bias, const T* thr, Candidates<T>* lists, int64_t bq, int64_t p) {
+  for (int64_t j = 0; j < bq; ++j) {
+    const T s = row[j] - bias;
+    if (s > thr[j]) lists[j].push(s, p);
+  }
+}
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+// float: compare 16 (AVX-512) or 8 (AVX2) queries at once and visit only the set mask bits.
+template <>
+void scan_row<float>(const float* row, float bias, const float* thr, Candidates<float>* lists, int64_t bq,
+                     int64_t p) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  const __m512 b = _mm512_set1_ps(bias);
+  for (; j + 16 <= bq; j += 16) {
+    const __m512 s = _mm512_sub_ps(_mm512_loadu_ps(row + j), b);
+    uint32_t m = _mm512_cmp_ps_mask(s, _mm512_loadu_ps(thr + j), _CMP_GT_OQ);
+    while (m) {
+      const int l = __builtin_ctz(m);
+      m &= m - 1;
+      lists[j + l].push(row[j + l] - bias, p);
+    }
+  }
+#else
+  const __m256 b = _mm256_set1_ps(bias);
+  for (; j + 8 <= bq; j += 8) {
+    const __m256 s = _mm256_sub_ps(_mm256_loadu_ps(row + j), b);
+    uint32_t m = _mm256_movemask_ps(_mm256_cmp_ps(s, _mm256_loadu_ps(thr + j), _CMP_GT_OQ));
+    while (m) {
+      const int l = __builtin_ctz(m);
+      m &= m - 1;
+      lists[j + l].push(row[j + l] - bias, p);
+    }
+  }
+#endif
+  for (; j < bq; ++j) {
+    const float s = row[j] - bias;
+    if (s > thr[j]) lists[j].push(s, p);
+  }
+}
+#endif
+
+// out_i[n, :, q] = sum_t weight[n, t, q] values_i[n, :, index[n, t, q]]. A block of kCB channels
+// of one value matrix is transposed at a time to (Nm, kCB), so that a kept memory position is
+// one contiguous row and the weighted sum of k rows vectorises over channels; the transposed
+// block is the only scratch (Nm * kCB elements).
+template <typename T>
+void gather_values(const std::vector<at::Tensor>& values, const at::Tensor& weight, const at::Tensor& index,
+                   const std::vector<at::Tensor>& outs) {
+  constexpr int64_t kQB = 16;  // queries per task: output rows are written kQB values at a time
+  constexpr int64_t kCB = 32;  // channels per transposed block
+  const int64_t N = weight.size(0), K = weight.size(1), Nq = weight.size(2), Nm = values[0].size(2);
+  at::Tensor vt_buf = at::empty({Nm * kCB}, weight.options());
+  T* vd = vt_buf.data_ptr<T>();  // (Nm, cb)
+  for (size_t i = 0; i < values.size(); ++i) {
+    const int64_t cv = values[i].size(1), vstride = values[i].stride(1);
+    for (int64_t n = 0; n < N; ++n) {
+      const T* w = weight.data_ptr<T>() + n * K * Nq;
+      const int64_t* ix = index.data_ptr<int64_t>() + n * K * Nq;
+      for (int64_t c0 = 0; c0 < cv; c0 += kCB) {
+        const int64_t cb = std::min(kCB, cv - c0);
+        const T* src = values[i].data_ptr<T>() + n * values[i].stride(0) + c0 * vstride;
+        parallel_tasks(ceil_div(Nm, kQB), kQB * cb, [&](int64_t, int64_t begin, int64_t end) {
+          for (int64_t p = begin * kQB; p < std::min(Nm, end * kQB); ++p)
+            for (int64_t c = 0; c < cb; ++c) vd[p * cb + c] = src[c * vstride + p];
+        });
+        T* dst = outs[i].data_ptr<T>() + n * cv * Nq + c0 * Nq;
+        parallel_tasks(ceil_div(Nq, kQB), kQB * K * cb, [&](int64_t, int64_t begin, int64_t end) {
+          std::vector<T> acc_buf(kQB * kCB);
+          T* acc = acc_buf.data();
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t q0 = b * kQB, nb = std::min(kQB, Nq - q0);
+            for (int64_t jj = 0; jj < nb; ++jj) {
+              T* a = acc + jj * cb;
+              std::fill(a, a + cb, T(0));
+              for (int64_t t = 0; t < K; ++t) {
+                const T wt = w[t * Nq + q0 + jj];
+                const T* row = vd + ix[t * Nq + q0 + jj] * cb;
+                for (int64_t c = 0; c < cb; ++c) a[c] += wt * row[c];
+              }
+            }
+            for (int64_t c = 0; c < cb; ++c)
+              for (int64_t jj = 0; jj < nb; ++jj) dst[c * Nq + q0 + jj] = acc[jj * cb + c];
+          }
+        });
+      }
+    }
+  }
+}
+
+template <typename T>
+void topk_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vector<at::Tensor>& values,
+                       const std::vector<at::Tensor>& outs, const at::Tensor& weight, const at::Tensor& index,
+                       bool l2, T scale) {
+  const int64_t N = q.size(0), Nq = q.size(2), Nm = k.size(2), K = weight.size(1);
+  const T ds = dot_scale<T>(l2, scale), ns = norm_scale<T>(l2, scale);
+  const at::Tensor kn = key_norms<T>(k, l2);
+  const int64_t n_qt = ceil_div(Nq, kBQ);
+  const auto opts = q.options();
+
+  parallel_tasks(N * n_qt, q.size(1) * kBQ * Nm, [&](int64_t, int64_t begin, int64_t end) {
+    at::Tensor s_buf = at::empty({kBQ * kBM}, opts);
+    const int64_t cap = 4 * K;  // a selection runs when cap candidates are waiting
+    std::vector<typename Candidates<T>::Entry> entries(kBQ * cap);
+    std::vector<T> scratch(cap), thr(kBQ);
+    std::vector<Candidates<T>> lists(kBQ);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / n_qt, q0 = (task % n_qt) * kBQ, bq = std::min(kBQ, Nq - q0);
+      const at::Tensor qt = q[n].narrow(1, q0, bq);  // (Ck, bq)
+      for (int64_t j = 0; j < bq; ++j) lists[j].init(&entries[j * cap], scratch.data(), &thr[j], K, cap);
+      for (int64_t p0 = 0; p0 < Nm; p0 += kBM) {
+        const int64_t bm = std::min(kBM, Nm - p0);
+        at::Tensor st = mat(s_buf.data_ptr<T>(), bm, bq, opts);
+        at::addmm_out(st, st, k[n].narrow(1, p0, bm).t(), qt, 0, ds);  // (bm, bq)
+        const T* knp = l2 ? kn[n].data_ptr<T>() + p0 : nullptr;
+        const T* s = st.data_ptr<T>();
+        for (int64_t p = 0; p < bm; ++p)
+          scan_row<T>(s + p * bq, l2 ? ns * knp[p] : T(0), thr.data(), lists.data(), bq, p0 + p);
+      }
+      // Softmax over each query's k kept scores; the (k, Nq) layout keeps query rows contiguous.
+      T* w = weight.data_ptr<T>() + n * K * Nq + q0;
+      int64_t* ix = index.data_ptr<int64_t>() + n * K * Nq + q0;
+      for (int64_t j = 0; j < bq; ++j) {
+        Candidates<T>& kb = lists[j];
+        kb.finish();
+        T mx = kb.buf[0].val;
+        for (int64_t t = 1; t < K; ++t) mx = std::max(mx, kb.buf[t].val);
+        T sum = 0;
+        for (int64_t t = 0; t < K; ++t) sum += (kb.buf[t].val = exp_nonpos(kb.buf[t].val - mx));
+        const T inv = T(1) / sum;
+        for (int64_t t = 0; t < K; ++t) {
+          w[t * Nq + j] = kb.buf[t].val * inv;
+          ix[t * Nq + j] = kb.buf[t].idx;
+        }
+      }
+    }
+  });
+  gather_values<T>(values, weight, index, outs);
+}
+
+template <typename T>
+void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& q, const at::Tensor& k,
+                        const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& outs,
+                        const at::Tensor& lse, const at::Tensor& gq, const at::Tensor& gk,
+                        const std::vector<at::Tensor>& gvs, bool l2, T scale) {
+  const int64_t N = q.size(0), Ck = q.size(1), Nq = q.size(2), Nm = k.size(2);
+  const int64_t nv = static_cast<int64_t>(values.size()), cv_sum = channel_sum(values);
+  const T ds = dot_scale<T>(l2, scale), ns = norm_scale<T>(l2, scale);
+  const at::Tensor kn = key_norms<T>(k, l2);
+  const auto opts = q.options();
+  // D[n, q] = sum_i sum_c dO_i[c, q] O_i[c, q]: the softmax backward's per-query correction.
+  at::Tensor delta = at::empty({N, Nq}, opts);
+  parallel_tasks(N, cv_sum * Nq, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      T* dl = delta.data_ptr<T>() + n * Nq;
+      std::fill(dl, dl + Nq, T(0));
+      for (int64_t i = 0; i < nv; ++i) {
+        const int64_t cv = values[i].size(1);
+        const T* g = grads[i].data_ptr<T>() + n * cv * Nq;
+        const T* o = outs[i].data_ptr<T>() + n * cv * Nq;
+        for (int64_t c = 0; c < cv; ++c)
+          for (int64_t j = 0; j < Nq; ++j) dl[j] += g[c * Nq + j] * o[c * Nq + j];
+      }
+    }
+  });
+  const int64_t n_mt = ceil_div(Nm, kBM), n_qt = ceil_div(Nq, kBQ);
+  const int64_t work_per_tile = (3 * Ck + 2 * cv_sum) * kBM * Nq;
+  const int64_t threads = worker_count(N * n_mt, work_per_tile);
+  // dQ per thread, laid out in (query tile, Ck, BQ) blocks so each GEMM writes a contiguous block.
+  at::Tensor gq_acc = at::empty({threads, N, n_qt, Ck, kBQ}, opts);  // each worker zeroes its own
+  int64_t cv_max = 0;
+  for (const auto& v : values) cv_max = std::max(cv_max, v.size(1));
+
+  parallel_tasks(N * n_mt, work_per_tile, [&](int64_t tid, int64_t begin, int64_t end) {
+    at::Tensor mine = gq_acc[tid];
+    std::fill(mine.data_ptr<T>(), mine.data_ptr<T>() + mine.numel(), T(0));
+    at::Tensor p_buf = at::empty({kBM * kBQ}, opts), dp_buf = at::empty({kBM * kBQ}, opts);
+    at::Tensor gk_buf = at::empty({Ck * kBM}, opts), gv_buf = at::empty({nv, cv_max * kBM}, opts);
+    std::vector<T> row_sum(kBM);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / n_mt, p0 = (task % n_mt) * kBM, bm = std::min(kBM, Nm - p0);
+      const at::Tensor kt = k[n].narrow(1, p0, bm);  // (Ck, bm)
+      at::Tensor gkt = mat(gk_buf.data_ptr<T>(), Ck, bm, opts);
+      gkt.zero_();
+      std::vector<at::Tensor> vt(nv), gvt(nv);
+      for (int64_t i = 0; i < nv; ++i) {
+        vt[i] = values[i][n].narrow(1, p0, bm);
+        gvt[i] = mat(gv_buf[i].data_ptr<T>(), values[i].size(1), bm, opts);
+        gvt[i].zero_();
+      }
+      std::fill(row_sum.begin(), row_sum.end(), T(0));
+      const T* knp = l2 ? kn[n].data_ptr<T>() + p0 : nullptr;
+      for (int64_t qi = 0; qi < n_qt; ++qi) {
+        const int64_t q0 = qi * kBQ, bq = std::min(kBQ, Nq - q0);
+        const at::Tensor qt = q[n].narrow(1, q0, bq);
+        at::Tensor pt = mat(p_buf.data_ptr<T>(), bm, bq, opts);
+        at::Tensor dpt = mat(dp_buf.data_ptr<T>(), bm, bq, opts);
+        at::addmm_out(pt, pt, kt.t(), qt, 0, ds);
+        T* pd = pt.data_ptr<T>();
+        const T* lse_row = lse.data_ptr<T>() + n * Nq + q0;
+        for (int64_t p = 0; p < bm; ++p) {
+          const T bias = l2 ? ns * knp[p] : T(0);
+          T* row = pd + p * bq;
+          for (int64_t j = 0; j < bq; ++j) row[j] = exp_nonpos(row[j] - bias - lse_row[j]);
+        }
+        for (int64_t i = 0; i < nv; ++i) {
+          const at::Tensor dot = grads[i][n].narrow(1, q0, bq);  // (Cv, bq)
+          at::addmm_out(gvt[i], gvt[i], dot, pt.t(), 1, 1);
+          at::addmm_out(dpt, dpt, vt[i].t(), dot, i == 0 ? 0 : 1, 1);
+        }
+        T* dd = dpt.data_ptr<T>();
+        const T* dl = delta.data_ptr<T>() + n * Nq + q0;
+        for (int64_t p = 0; p < bm; ++p) {
+          T* drow = dd + p * bq;
+          const T* prow = pd + p * bq;
+          T acc = 0;
+          for (int64_t j = 0; j < bq; ++j) {
+            drow[j] = prow[j] * (drow[j] - dl[j]);
+            acc += drow[j];
+          }
+          row_sum[p] += acc;
+        }
+        // Block (Ck, bq) with row stride BQ: the columns past a short last tile stay zero.
+        at::Tensor gqt = at::from_blob(gq_acc[tid][n][qi].data_ptr<T>(), {Ck, bq}, {kBQ, 1}, opts);
+        at::addmm_out(gqt, gqt, kt, dpt, 1, ds);
+        at::addmm_out(gkt, gkt, qt, dpt.t(), 1, ds);
+      }
+      T* gkd = gkt.data_ptr<T>();
+      const T* kd = kt.data_ptr<T>();
+      const int64_t kstride = kt.stride(0);
+      T* gk_dst = gk.data_ptr<T>() + n * Ck * Nm + p0;
+      for (int64_t c = 0; c < Ck; ++c)
+        for (int64_t p = 0; p < bm; ++p) {
+          T g = gkd[c * bm + p];
+          if (l2) g -= T(2) * ns * kd[c * kstride + p] * row_sum[p];  // d(-ns |k|^2)/dk
+          gk_dst[c * Nm + p] = g;
+        }
+      for (int64_t i = 0; i < nv; ++i) {
+        const int64_t cv = values[i].size(1);
+        const T* src = gvt[i].data_ptr<T>();
+        T* dst = gvs[i].data_ptr<T>() + n * cv * Nm + p0;
+        for (int64_t c = 0; c < cv; ++c) std::copy(src + c * bm, src + (c + 1) * bm, dst + c * Nm);
+      }
+    }
+  });
+  // Sum the per-thread blocks and lay them out as (N, Ck, Nq); the block for a short last query
+  // tile has unused (zero) columns past Nq.
+  parallel_tasks(N * Ck, Nq * threads, [&](int64_t, int64_t begin, int64_t end) {
+    const int64_t block = Ck * kBQ, per_thread = N * n_qt * block;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / Ck, c = r % Ck;
+      T* dst = gq.data_ptr<T>() + r * Nq;
+      for (int64_t j = 0; j < Nq; ++j) {
+        const T* src = gq_acc.data_ptr<T>() + (n * n_qt + j / kBQ) * block + c * kBQ + j % kBQ;
+        T acc = 0;
+        for (int64_t t = 0; t < threads; ++t) acc += src[t * per_thread];
+        dst[j] = acc;
+      }
+    }
+  });
+}
+
+template <typename T>
+void topk_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& q, const at::Tensor& k,
+                        const std::vector<at::Tensor>& values, const at::Tensor& weight, const at::Tensor& index,
+                        const at::Tensor& gq, const at::Tensor& gk, const std::vector<at::Tensor>& gvs, bool l2,
+                        T scale) {
+  const int64_t N = q.size(0), Ck = q.size(1), Nq = q.size(2), Nm = k.size(2), K = weight.size(1);
+  const int64_t nv = static_cast<int64_t>(values.size()), cv_sum = channel_sum(values);
+  const T ds = dot_scale<T>(l2, scale), ns = norm_scale<T>(l2, scale);
+  const T* w = weight.data_ptr<T>();
+  const int64_t* ix = index.data_ptr<int64_t>();
+  // dW[t, q] = sum_i sum_c V_i[c, idx[t, q]] dO_i[c, q], then dS = W (dW - sum_t W dW) in place.
+  at::Tensor dw = at::empty({N, K, Nq}, q.options());
+  T* dwd = dw.data_ptr<T>();
+  constexpr int64_t kQC = 256;  // queries per task
+  const int64_t n_qc = ceil_div(Nq, kQC);
+  parallel_tasks(N * n_qc, kQC * K * cv_sum, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / n_qc, q0 = (task % n_qc) * kQC, bq = std::min(kQC, Nq - q0);
+      const int64_t base = n * K * Nq + q0;
+      for (int64_t t = 0; t < K; ++t) {
+        std::fill(dwd + base + t * Nq, dwd + base + t * Nq + bq, T(0));
+        for (int64_t j = 0; j < bq; ++j) {
+          const int64_t p = ix[base + t * Nq + j];
+          TORCH_CHECK(p >= 0 && p < Nm, "vdeblur::memory_readout_backward: index ", p, " out of range [0, ", Nm, ")");
+        }
+      }
+      for (int64_t i = 0; i < nv; ++i) {
+        const at::Tensor vn = values[i][n];
+        const T* vd = vn.data_ptr<T>();
+        const int64_t cv = vn.size(0), vstride = vn.stride(0);
+        const T* gd = grads[i].data_ptr<T>() + n * cv * Nq + q0;
+        for (int64_t c = 0; c < cv; ++c) {
+          const T* vrow = vd + c * vstride;
+          const T* grow = gd + c * Nq;
+          for (int64_t t = 0; t < K; ++t) {
+            T* drow = dwd + base + t * Nq;
+            const int64_t* irow = ix + base + t * Nq;
+            for (int64_t j = 0; j < bq; ++j) drow[j] += vrow[irow[j]] * grow[j];
+          }
+        }
+      }
+      for (int64_t j = 0; j < bq; ++j) {
+        T acc = 0;
+        for (int64_t t = 0; t < K; ++t) acc += w[base + t * Nq + j] * dwd[base + t * Nq + j];
+        for (int64_t t = 0; t < K; ++t) {
+          const int64_t o = base + t * Nq + j;
+          dwd[o] = w[o] * (dwd[o] - acc);
+        }
+      }
+    }
+  });
+  // Per memory position, the sum of dS over the (t, q) that kept it ("l2" norm channel).
+  at::Tensor row_sum = at::empty({N, Nm}, q.options());
+  T* rs = row_sum.data_ptr<T>();
+  parallel_tasks(N, K * Nq, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(rs + n * Nm, rs + (n + 1) * Nm, T(0));
+      if (l2)
+        for (int64_t o = n * K * Nq; o < (n + 1) * K * Nq; ++o) rs[n * Nm + ix[o]] += dwd[o];
+    }
+  });
+  // One task per channel row: scatters into a row of dK / dV never race.
+  int64_t rows = N * Ck;
+  for (const auto& v : values) rows += N * v.size(1);
+  parallel_tasks(rows, K * Nq, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (r < N * Ck) {
+        const int64_t n = r / Ck, c = r % Ck;
+        const T* krow = k.data_ptr<T>() + n * k.stride(0) + c * k.stride(1);
+        const T* qrow = q.data_ptr<T>() + n * q.stride(0) + c * q.stride(1);
+        T* gqrow = gq.data_ptr<T>() + (n * Ck + c) * Nq;
+        T* gkrow = gk.data_ptr<T>() + (n * Ck + c) * Nm;
+        std::fill(gqrow, gqrow + Nq, T(0));
+        std::fill(gkrow, gkrow + Nm, T(0));
+        for (int64_t t = 0; t < K; ++t) {
+          const T* drow = dwd + n * K * Nq + t * Nq;
+          const int64_t* irow = ix + n * K * Nq + t * Nq;
+          for (int64_t j = 0; j < Nq; ++j) {
+            gqrow[j] += drow[j] * krow[irow[j]];
+            gkrow[irow[j]] += drow[j] * qrow[j];
+          }
+        }
+        for (int64_t j = 0; j < Nq; ++j) gqrow[j] *= ds;
+        const T* rs = row_sum.data_ptr<T>() + n * Nm;
+        for (int64_t p = 0; p < Nm; ++p) {
+          gkrow[p] *= ds;
+          if (l2) gkrow[p] -= T(2) * ns * krow[p] * rs[p];
+        }
+        continue;
+      }
+      int64_t rr = r - N * Ck, i = 0;
+      while (rr >= N * values[i].size(1)) rr -= N * values[i++].size(1);
+      const int64_t cv = values[i].size(1), n = rr / cv, c = rr % cv;
+      const T* grow = grads[i].data_ptr<T>() + (n * cv + c) * Nq;
+      T* gvrow = gvs[i].data_ptr<T>() + (n * cv + c) * Nm;
+      std::fill(gvrow, gvrow + Nm, T(0));
+      for (int64_t t = 0; t < K; ++t) {
+        const T* wrow = w + n * K * Nq + t * Nq;
+        const int64_t* irow = ix + n * K * Nq + t * Nq;
+        for (int64_t j = 0; j < Nq; ++j) gvrow[irow[j]] += wrow[j] * grow[j];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void memory_readout_full_forward(const at::Tensor& query_key, const at::Tensor& memory_key,
+                                 const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& outs,
+                                 const at::Tensor& lse, bool l2, double scale) {
+  AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_full_forward", [&] {
+    full_forward_impl<scalar_t>(query_key, memory_key, values, outs, lse, l2, static_cast<scalar_t>(scale));
+  });
+}
+
+void memory_readout_topk_forward(const at::Tensor& query_key, const at::Tensor& memory_key,
+                                 const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& outs,
+                                 const at::Tensor& weight, const at::Tensor& index, bool l2, double scale) {
+  AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_topk_forward", [&] {
+    topk_forward_impl<scalar_t>(query_key, memory_key, values, outs, weight, index, l2,
+                                static_cast<scalar_t>(scale));
+  });
+}
+
+void memory_readout_full_backward(const std::vector<at::Tensor>& grads, const at::Tensor& query_key,
+                                  const at::Tensor& memory_key, const std::vector<at::Tensor>& values,
+                                  const std::vector<at::Tensor>& outs, const at::Tensor& lse,
+                                  const at::Tensor& grad_query_key, const at::Tensor& grad_memory_key,
+                                  const std::vector<at::Tensor>& grad_values, bool l2, double scale) {
+  AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_full_backward", [&] {
+    full_backward_impl<scalar_t>(grads, query_key, memory_key, values, outs, lse, grad_query_key,
+                                 grad_memory_key, grad_values, l2, static_cast<scalar_t>(scale));
+  });
+}
+
+void memory_readout_topk_backward(const std::vector<at::Tensor>& grads, const at::Tensor& query_key,
+                                  const at::Tensor& memory_key, const std::vector<at::Tensor>& values,
+                                  const at::Tensor& weight, const at::Tensor& index,
+                                  const at::Tensor& grad_query_key, const at::Tensor& grad_memory_key,
+                                  const std::vector<at::Tensor>& grad_values, bool l2, double scale) {
+  AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_topk_backward", [&] {
+    topk_backward_impl<scalar_t>(grads, query_key, memory_key, values, weight, index, grad_query_key,
+                                 grad_memory_key, grad_values, l2, static_cast<scalar_t>(scale));
+  });
+}
+
+}  // namespace cpu
+}  // namespace vdeblur
