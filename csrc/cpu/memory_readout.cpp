@@ -21,10 +21,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <exception>
 #include <functional>
 #include <limits>
-#include <thread>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -41,19 +39,8 @@ using namespace vdeblur::memory_readout;
 constexpr int64_t kBQ = 128;  // queries per tile
 constexpr int64_t kBM = 256;  // memory positions per tile (a BM x BQ float tile is 128 KiB)
 
-// Threads. at::parallel_for runs serially when this file is compiled without -fopenmp (as
-// torch.utils.cpp_extension builds it unless told otherwise), and BLAS calls on small tiles must
-// not fork their own thread teams inside our tasks. So with OpenMP, at::parallel_for (BLAS sees
-// the enclosing parallel region and runs sequentially); without, std::threads that carry the
-// caller's thread-local state (dispatch keys, grad mode) and ask MKL / OpenMP BLAS for one thread
-// each through weak symbols (absent runtimes are simply skipped).
-#ifndef _OPENMP
-extern "C" {
-__attribute__((weak)) int MKL_Set_Num_Threads_Local(int);  // MKL's C entry point (lower case is Fortran)
-__attribute__((weak)) void omp_set_num_threads(int);
-}
-#endif
-
+// Threads: at::parallel_for (the build compiles with -fopenmp; BLAS calls on tiles inside a task
+// see the enclosing parallel region and run single-threaded instead of forking their own teams).
 // Below kMinParallelWork (about a millisecond of multiply-adds) one worker runs everything:
 // starting threads would cost more than it saves.
 constexpr int64_t kMinParallelWork = int64_t(1) << 21;
@@ -70,35 +57,13 @@ void parallel_tasks(int64_t tasks, int64_t work_per_task, const F& fn) {
   if (tasks <= 0) return;
   const int64_t workers = worker_count(tasks, work_per_task);
   const int64_t chunk = ceil_div(tasks, workers);
-#ifdef _OPENMP
+  // Tasks call ATen ops (GEMMs on tiles): OpenMP workers must see the caller's thread-local
+  // dispatch state (autograd already handled above this kernel, grad mode, ...).
+  const at::ThreadLocalState state;
   at::parallel_for(0, workers, 1, [&](int64_t b, int64_t e) {
+    at::ThreadLocalStateGuard tls(state);
     for (int64_t w = b; w < e; ++w) fn(w, w * chunk, std::min(tasks, (w + 1) * chunk));
   });
-#else
-  if (workers == 1 || at::in_parallel_region()) {
-    fn(0, 0, tasks);
-    return;
-  }
-  const at::ThreadLocalState state;
-  std::vector<std::exception_ptr> errors(workers);
-  std::vector<std::thread> pool;
-  for (int64_t w = 0; w < workers; ++w) {
-    pool.emplace_back([&, w] {
-      try {
-        at::ThreadLocalStateGuard tls(state);
-        c10::ParallelGuard nested(true);  // torch ops inside run inline
-        if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(1);
-        if (omp_set_num_threads) omp_set_num_threads(1);
-        fn(w, w * chunk, std::min(tasks, (w + 1) * chunk));
-      } catch (...) {
-        errors[w] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : pool) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-#endif
 }
 
 int64_t channel_sum(const std::vector<at::Tensor>& values) {
