@@ -15,12 +15,13 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PRESET = os.environ.get("VDEBLUR_BENCH_PRESET", "gpu" if DEVICE.type == "cuda" else "cpu")
 
 
-def family_params(family: str) -> list:
-    """(case, dtype, backend, mode) params for one family, reference and baselines included."""
+def family_params(name: str) -> list:
+    """(case, dtype, backend, mode) params for one op family or model, reference and baselines
+    included; the backends timed are those of the case's op family."""
     params = []
-    for case in all_cases(PRESET, [family]):
+    for case in all_cases(PRESET, [name]):
         names = ["reference", *case.baselines]
-        names += [b for b in vdeblur_ops.available_backends(DEVICE).get(family, ()) if b != "reference"]
+        names += [b for b in vdeblur_ops.available_backends(DEVICE).get(case.family, ()) if b != "reference"]
         modes = ("fwd", "fwd+bwd") if case.backward else ("fwd",)
         for dtype in case.dtypes:
             d = str(dtype).replace("torch.", "")
