@@ -9,6 +9,7 @@
 #include <initializer_list>
 
 #include "conv_gru.h"
+#include "element_types.cuh"
 #include "vdeblur/conv_gru.h"
 
 namespace vdeblur {
@@ -16,19 +17,6 @@ namespace cuda {
 namespace {
 
 namespace m = conv_gru;
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T>
-__device__ __forceinline__ typename Acc<T>::type to_acc(T v) { return static_cast<typename Acc<T>::type>(v); }
-template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(typename Acc<T>::type v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // V consecutive elements, moved as one 16-byte access when V * sizeof(T) == 16.
 template <typename T, int V>
@@ -57,7 +45,7 @@ struct ResetOp {
     Pack<T, V> oz, orh, orr;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      typename Acc<T>::type a, b, c;
+      typename AccOf<T>::type a, b, c;
       m::reset_forward(to_acc(xz.v[k]), to_acc(xr.v[k]), to_acc(uz.v[k]), to_acc(ur.v[k]), to_acc(hv.v[k]), a, b, c);
       oz.v[k] = from_acc<T>(a);
       orr.v[k] = from_acc<T>(b);
@@ -82,7 +70,7 @@ struct ResetBackwardOp {
     Pack<T, V> oz, orr, oh;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      typename Acc<T>::type a, b, c;
+      typename AccOf<T>::type a, b, c;
       m::reset_backward(to_acc(g1.v[k]), to_acc(g2.v[k]), to_acc(zv.v[k]), to_acc(rv.v[k]), to_acc(hv.v[k]), a, b, c);
       oz.v[k] = from_acc<T>(a);
       orr.v[k] = from_acc<T>(b);
@@ -106,7 +94,7 @@ struct UpdateOp {
     Pack<T, V> oo, oh;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      typename Acc<T>::type a, b;
+      typename AccOf<T>::type a, b;
       m::update_forward(to_acc(zv.v[k]), to_acc(xv.v[k]), to_acc(uv.v[k]), to_acc(hv.v[k]), a, b);
       oo.v[k] = from_acc<T>(a);
       oh.v[k] = from_acc<T>(b);
@@ -128,7 +116,7 @@ struct UpdateBackwardOp {
     Pack<T, V> o1, o2, o3;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      typename Acc<T>::type a, b, c;
+      typename AccOf<T>::type a, b, c;
       m::update_backward(to_acc(gv.v[k]), to_acc(zv.v[k]), to_acc(hh.v[k]), to_acc(hv.v[k]), a, b, c);
       o1.v[k] = from_acc<T>(a);
       o2.v[k] = from_acc<T>(b);
@@ -156,7 +144,7 @@ struct GatesOp {
     Pack<T, V> oo, oz, orr, oh;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      typename Acc<T>::type a, b, c, d;
+      typename AccOf<T>::type a, b, c, d;
       m::gates_forward(to_acc(xz.v[k]), to_acc(xr.v[k]), to_acc(xn.v[k]), to_acc(uz.v[k]), to_acc(ur.v[k]),
                        to_acc(un.v[k]), to_acc(hv.v[k]), a, b, c, d);
       oo.v[k] = from_acc<T>(a);
@@ -188,7 +176,7 @@ struct GatesBackwardOp {
     Pack<T, V> az, ar, an, aun, ah;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      typename Acc<T>::type a, b, c, d, e;
+      typename AccOf<T>::type a, b, c, d, e;
       m::gates_backward(to_acc(gv.v[k]), to_acc(zv.v[k]), to_acc(rv.v[k]), to_acc(hh.v[k]), to_acc(un.v[k]),
                         to_acc(hv.v[k]), a, b, c, d, e);
       az.v[k] = from_acc<T>(a);
