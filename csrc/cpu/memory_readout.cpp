@@ -151,7 +151,7 @@ void full_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
         for (int64_t p = 0; p < bm; ++p) {
           T* row = s + p * bq;
           for (int64_t j = 0; j < bq; ++j) {
-            const T e = exp_nonpos(row[j] - m[j]);
+            const T e = fast_exp(row[j] - m[j]);
             row[j] = e;
             tile_sum[j] += e;
           }
@@ -365,7 +365,7 @@ void topk_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
         T mx = kb.buf[0].val;
         for (int64_t t = 1; t < K; ++t) mx = std::max(mx, kb.buf[t].val);
         T sum = 0;
-        for (int64_t t = 0; t < K; ++t) sum += (kb.buf[t].val = exp_nonpos(kb.buf[t].val - mx));
+        for (int64_t t = 0; t < K; ++t) sum += (kb.buf[t].val = fast_exp(kb.buf[t].val - mx));
         const T inv = T(1) / sum;
         for (int64_t t = 0; t < K; ++t) {
           w[t * Nq + j] = kb.buf[t].val * inv;
@@ -440,7 +440,7 @@ void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
         for (int64_t p = 0; p < bm; ++p) {
           const T bias = l2 ? ns * knp[p] : T(0);
           T* row = pd + p * bq;
-          for (int64_t j = 0; j < bq; ++j) row[j] = exp_nonpos(row[j] - bias - lse_row[j]);
+          for (int64_t j = 0; j < bq; ++j) row[j] = fast_exp(row[j] - bias - lse_row[j]);
         }
         for (int64_t i = 0; i < nv; ++i) {
           const at::Tensor dot = grads[i][n].narrow(1, q0, bq);  // (Cv, bq)

@@ -6,9 +6,8 @@
 //   gates  (reset after): z, r as above, h_hat = tanh(gx_n + r gh_n), same update
 // Backward formulas use only the saved activations (z, r, h_hat) and inputs, never pre-activations.
 //
-// float uses a branch-free exp (Cephes' polynomial, ~1 ulp on the clamped range) built from
-// multiply-adds and an integer shift, so that the CPU loops auto-vectorise and CUDA runs the same
-// arithmetic; double uses the libm functions (it serves gradcheck, not speed).
+// float uses the branch-free fast_exp (vdeblur/fast_math.h), so that the CPU loops auto-vectorise
+// and CUDA runs the same arithmetic; double uses the libm functions (it serves gradcheck).
 #pragma once
 
 #include <cmath>
@@ -16,42 +15,14 @@
 #include <cstring>
 
 #include "vdeblur/common.h"
+#include "vdeblur/fast_math.h"
 
 namespace vdeblur {
 namespace conv_gru {
 
-VDEBLUR_HOST_DEVICE float int_bits_as_float(int32_t i) {
-#if defined(__CUDA_ARCH__)
-  return __int_as_float(i);
-#else
-  float f;
-  std::memcpy(&f, &i, sizeof(f));
-  return f;
-#endif
-}
-
-// e^x for float: clamp to [-87, 88] (so 2^n stays a normal float), x = n ln2 + f with |f| <= ln2/2,
-// e^f by a degree-7 polynomial, 2^n from the exponent bits.
-VDEBLUR_HOST_DEVICE float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const float t = x * 1.44269504088896341f + kRound;
-  const float n = t - kRound;
-  float f = x - n * 0.693359375f;  // ln2 split in two for an exact first subtraction
-  f = f - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * f + 1.3981999507e-3f;
-  p = p * f + 8.3334519073e-3f;
-  p = p * f + 4.1665795894e-2f;
-  p = p * f + 1.6666665459e-1f;
-  p = p * f + 5.0000001201e-1f;
-  p = p * f * f + f + 1.0f;
-  return p * int_bits_as_float((static_cast<int32_t>(n) + 127) << 23);
-}
-
-VDEBLUR_HOST_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+VDEBLUR_HOST_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 // tanh x = 1 - 2 / (e^{2x} + 1): exact limits +-1, absolute error ~1e-7 near 0.
-VDEBLUR_HOST_DEVICE float tanh_(float x) { return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f); }
+VDEBLUR_HOST_DEVICE float tanh_(float x) { return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f); }
 
 VDEBLUR_HOST_DEVICE double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
 VDEBLUR_HOST_DEVICE double tanh_(double x) { return ::tanh(x); }
