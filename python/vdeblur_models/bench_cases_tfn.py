@@ -4,9 +4,7 @@ backends differ; the rest of the model is plain convolutions).
 
 Presets: "tiny" (smoke test), "cpu" (tiny model, 5 frames of 64x64: what CI affords), "gpu"
 (5 frames of 720p, forward only: time per frame = median / 5; the paper reports 0.69 s per frame,
-Table 1). The "gpu" case runs the paper model when ``temporal_attention`` accepts its 768
-bottleneck channels, else the largest model it accepts (C32: 256 bottleneck channels, R3 B6),
-named in the case's shape.
+Table 1).
 
 The generic helpers (:func:`model_cases`, :func:`measure_cpu_ratio`) serve TSV-RNN's cases too.
 ``python -m vdeblur_models.bench_cases_tfn`` prints the CPU end-to-end ratio.
@@ -20,19 +18,14 @@ import torch
 
 import vdeblur_ops
 from vdeblur_ops.bench import Case
-from vdeblur_ops.ops.temporal_attention import MAX_CHANNELS
 
 import vdeblur_models
-
-# The largest TFN the temporal_attention op accepts, when it refuses the paper's 768 channels.
-_GPU_FALLBACK = dict(channels=32, rdb_per_scale=3, fusion_layers=6, frames=5)
-_GPU_TFN = ("paper", {}) if MAX_CHANNELS >= 8 * 96 else ("C32R3B6", _GPU_FALLBACK)
 
 # preset -> (model preset, overrides, N, T, H, W, time forward+backward too)
 SHAPES = {
     "tiny": ("tiny", {}, 1, 3, 16, 16, True),
     "cpu": ("tiny", {}, 2, 5, 64, 64, True),
-    "gpu": (_GPU_TFN[0], _GPU_TFN[1], 1, 5, 720, 1280, False),
+    "gpu": ("paper", {}, 1, 5, 720, 1280, False),
 }
 
 
