@@ -9,6 +9,7 @@
 // Filters are read through their strides (stride 0 where expanded) and, with filter_scale f > 1,
 // through the bilinear upsampling, one K*K-row set per output row: nothing is materialised.
 #include "dynamic_filter.h"
+#include "huge_pages.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -373,22 +374,6 @@ void grad_weight_upsampled_impl(const scalar_t* go, const scalar_t* x, scalar_t*
       }
     }
   });
-}
-
-// Outputs here are large and freshly allocated (the filter gradient is 9x the features for K=3),
-// so first-touch page faults, not the kernel, dominate writing them. Ask Linux for transparent huge
-// pages on the 2 MiB-aligned interior of the buffer before any thread touches it (what PyTorch's
-// THP_MEM_ALLOC_ENABLE does for every allocation); a no-op where THP is off or unsupported.
-void prefer_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t end = begin + static_cast<uintptr_t>(t.nbytes());
-  const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = end & ~(kHuge - 1);
-  if (hi >= lo + kHuge) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
 }
 
 WeightStrides strides_of(const at::Tensor& w) {

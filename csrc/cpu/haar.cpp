@@ -2,6 +2,7 @@
 // intermediate low band in a plane-sized scratch buffer (cache resident) in the accumulation type,
 // so a multi-level call reads the input once and writes each output once.
 #include "haar.h"
+#include "huge_pages.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -62,21 +63,33 @@ void idwt_level(const ll_t* __restrict ll, const in_t* __restrict h0, const in_t
     dst_t* __restrict r1 = r0 + Wo;
     const bool has_r1 = 2 * i + 1 < Ho;
     const int64_t o = i * w;
-    for (int64_t j = 0; j < w; ++j) {
-      acc_t a, b, c, d;
+    auto block = [&](int64_t j, acc_t& a, acc_t& b, acc_t& c, acc_t& d) {
       butterfly(static_cast<acc_t>(ll[o + j]), static_cast<acc_t>(h0[o + j]),
                 static_cast<acc_t>(h1[o + j]), static_cast<acc_t>(h2[o + j]), t, a, b, c, d);
-      if (j < w_pairs) {
+    };
+    // Branch-free main loops (the compiler vectorises them), then the odd last column.
+    if (has_r1) {
+      for (int64_t j = 0; j < w_pairs; ++j) {
+        acc_t a, b, c, d;
+        block(j, a, b, c, d);
         r0[2 * j] = static_cast<dst_t>(a);
         r0[2 * j + 1] = static_cast<dst_t>(b);
-        if (has_r1) {
-          r1[2 * j] = static_cast<dst_t>(c);
-          r1[2 * j + 1] = static_cast<dst_t>(d);
-        }
-      } else {  // odd Wo: the last column has no right neighbour
-        r0[2 * j] = static_cast<dst_t>(a);
-        if (has_r1) r1[2 * j] = static_cast<dst_t>(c);
+        r1[2 * j] = static_cast<dst_t>(c);
+        r1[2 * j + 1] = static_cast<dst_t>(d);
       }
+    } else {
+      for (int64_t j = 0; j < w_pairs; ++j) {
+        acc_t a, b, c, d;
+        block(j, a, b, c, d);
+        r0[2 * j] = static_cast<dst_t>(a);
+        r0[2 * j + 1] = static_cast<dst_t>(b);
+      }
+    }
+    if (w_pairs < w) {  // odd Wo: the last column has no right neighbour
+      acc_t a, b, c, d;
+      block(w_pairs, a, b, c, d);
+      r0[2 * w_pairs] = static_cast<dst_t>(a);
+      if (has_r1) r1[2 * w_pairs] = static_cast<dst_t>(c);
     }
   }
 }
@@ -87,6 +100,8 @@ void haar_dwt2d(const at::Tensor& x, const at::Tensor& ll, const std::vector<at:
                 double scale, bool band_layout) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int levels = static_cast<int>(highs.size());
+  prefer_huge_pages(ll);
+  for (const auto& t : highs) prefer_huge_pages(t);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "haar_dwt2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
@@ -129,6 +144,7 @@ void haar_idwt2d(const at::Tensor& ll, const std::vector<at::Tensor>& highs, con
                  double scale, bool band_layout) {
   const int64_t N = out.size(0), C = out.size(1), Ho = out.size(2), Wo = out.size(3);
   const int levels = static_cast<int>(highs.size());
+  prefer_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ll.scalar_type(), "haar_idwt2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* ll_ptr = ll.const_data_ptr<scalar_t>();
