@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "../cpu/conv_gru.h"
+#include "../cpu/huge_pages.h"
 
 #ifdef VDEBLUR_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -56,7 +57,9 @@ Tensor blocks(const Tensor& t) { return t.select(0, 0).is_contiguous() ? t : t.c
 Tensor like(const Tensor& h, int64_t k = 1) {
   auto sizes = h.sizes().vec();
   sizes[1] *= k;
-  return at::empty(sizes, h.options());
+  auto out = at::empty(sizes, h.options());
+  if (out.is_cpu()) cpu::prefer_huge_pages(out);
+  return out;
 }
 
 Tensor nothing(const Tensor& h) { return at::empty({0}, h.options()); }
