@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import vdeblur_ops
-from vdeblur_ops.triton import TRITON_ON_CPU
 
 # Relative-error bounds against the float64 reference (DESIGN.md section 5).
 TOL = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
@@ -36,10 +35,7 @@ def assert_rel(out, ref, tol: float, what: str = "output") -> None:
 def kernel_backends(family: str, device: str = "cpu") -> list[str]:
     """The non-reference backends to test here for ``family`` on ``device`` tensors."""
     avail = vdeblur_ops.available_backends(device).get(family, ())
-    names = [b for b in avail if b != "reference"]
-    if device == "cpu" and TRITON_ON_CPU and "triton" not in names:
-        names.append("triton")
-    return names
+    return [b for b in avail if b != "reference"]
 
 
 def backend_params(family: str) -> list:

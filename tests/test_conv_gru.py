@@ -325,7 +325,7 @@ def _t(*shape, **kw):
     (lambda: vdeblur_ops.conv_gru_update(_t(1, 4, 4, 4), _t(1, 4, 4, 4).double(), _t(1, 4, 4, 4), _t(1, 4, 4, 4)),
      "gx_n has dtype torch.float64 but h"),
     (lambda: vdeblur_ops.conv_gru_gates(_t(1, 12, 4, 4), _t(1, 12, 4, 4, device="meta"), _t(1, 4, 4, 4)),
-     "gh is on device meta"),
+     "gh has device meta"),
     (lambda: vdeblur_ops.conv_gru_gates(_t(1, 12, 4, 4), _t(1, 12, 4, 4), _t(4)), "h must have 2 or 3 or 4 or 5"),
     (lambda: vdeblur_ops.conv_gru_gates(_t(0, 12, 4, 4), _t(0, 12, 4, 4), _t(0, 4, 4, 4)), "h must not be empty"),
     (lambda: vdeblur_ops.conv_gru_gates(_t(1, 12, 4), _t(1, 12, 4), torch.ones(1, 4, 4, dtype=torch.int64)),

@@ -36,11 +36,8 @@ def check_same(tensors: dict[str, torch.Tensor], what: str = "device") -> None:
     first_name, first = items[0]
     for name, t in items[1:]:
         if getattr(t, what) != getattr(first, what):
-            raise ValueError(f"{name} is on {what} {getattr(t, what)} but {first_name} is on "
-                             f"{getattr(first, what)}; all inputs must share one {what}"
-                             if what == "device" else
-                             f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
-                             f"all inputs must share one dtype")
+            raise ValueError(f"{name} has {what} {getattr(t, what)} but {first_name} has "
+                             f"{getattr(first, what)}; all inputs must share one {what}")
 
 
 def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
