@@ -22,45 +22,20 @@ import torch
 import vdeblur_ops
 from vdeblur_ops.bench import Case
 
+from .bench_common import model_cases
+
 import vdeblur_models
 
-# preset -> (model preset, N, T, H, W, time forward+backward too)
+# preset -> (model preset, overrides, N, T, H, W, time forward+backward too)
 SHAPES = {
-    "tiny": ("tiny", 1, 3, 16, 16, True),
-    "cpu": ("paper", 1, 4, 48, 64, True),
-    "gpu": ("paper", 1, 20, 720, 1280, False),
+    "tiny": ("tiny", {}, 1, 3, 16, 16, True),
+    "cpu": ("paper", {}, 1, 4, 48, 64, True),
+    "gpu": ("paper", {}, 1, 20, 720, 1280, False),
 }
 
 
-def _model_factory(model_preset: str, seed: int = 0):
-    """Eval-mode models with identical weights per (device, dtype), built once each."""
-    cache: dict[tuple[torch.device, torch.dtype], torch.nn.Module] = {}
-
-    def get(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-        key = (torch.device(device), dtype)
-        if key not in cache:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                model = vdeblur_models.build("memdeblur", preset=model_preset)
-            cache[key] = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        return cache[key]
-
-    return get
-
-
 def cases(preset: str) -> list[Case]:
-    model_preset, n, t, h, w, backward = SHAPES[preset]
-    get_model = _model_factory(model_preset)
-
-    def make_inputs(device, dtype):
-        return (torch.rand(n, t, 3, h, w, device=device, dtype=dtype, requires_grad=backward),)
-
-    def run(frames):
-        return get_model(frames.device, frames.dtype)(frames)
-
-    shape = f"{model_preset} {n}x{t}x3x{h}x{w}"
-    return [Case("memory_readout", "memdeblur", shape, make_inputs, run, (torch.float32,),
-                 backward=backward)]
+    return model_cases("memdeblur", "memory_readout", SHAPES, preset)
 
 
 def measure_cpu_ratio(shape=(1, 6, 3, 64, 96), preset: str = "paper", repeats: int = 3,

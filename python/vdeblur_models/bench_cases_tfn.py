@@ -6,20 +6,20 @@ Presets: "tiny" (smoke test), "cpu" (tiny model, 5 frames of 64x64: what CI affo
 (5 frames of 720p, forward only: time per frame = median / 5; the paper reports 0.69 s per frame,
 Table 1).
 
-The generic helpers (:func:`model_cases`, :func:`measure_cpu_ratio`) serve TSV-RNN's cases too.
+:func:`measure_cpu_ratio` and the command line serve TSV-RNN's cases too.
 ``python -m vdeblur_models.bench_cases_tfn`` prints the CPU end-to-end ratio.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
 
 import vdeblur_ops
 from vdeblur_ops.bench import Case
 
-import vdeblur_models
+from .bench_common import model_cases, model_factory
+
 
 # preset -> (model preset, overrides, N, T, H, W, time forward+backward too)
 SHAPES = {
@@ -27,41 +27,6 @@ SHAPES = {
     "cpu": ("tiny", {}, 2, 5, 64, 64, True),
     "gpu": ("paper", {}, 1, 5, 720, 1280, False),
 }
-
-
-def model_factory(name: str, preset: str, overrides: dict | None = None,
-                  seed: int = 0) -> Callable[[torch.device, torch.dtype], torch.nn.Module]:
-    """``get(device, dtype)``: model ``name`` with identical weights per (device, dtype), built
-    once each (the benchmark's float64 reference run gets its own float64 copy)."""
-    cache: dict[tuple[torch.device, torch.dtype], torch.nn.Module] = {}
-    base_preset = preset if preset in vdeblur_models.list_models()[name] else "paper"
-
-    def get(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-        key = (torch.device(device), dtype)
-        if key not in cache:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                model = vdeblur_models.build(name, base_preset, **(overrides or {}))
-            cache[key] = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        return cache[key]
-
-    return get
-
-
-def model_cases(name: str, family: str, shapes: dict, preset: str,
-                dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> list[Case]:
-    """One end-to-end Case of model ``name`` for bench ``preset`` from ``shapes[preset]``."""
-    model_preset, overrides, n, t, h, w, backward = shapes[preset]
-    get_model = model_factory(name, model_preset, overrides)
-
-    def make_inputs(device, dtype):
-        return (torch.rand(n, t, 3, h, w, device=device, dtype=dtype, requires_grad=backward),)
-
-    def run(frames):
-        return get_model(frames.device, frames.dtype)(frames)
-
-    return [Case(family, name, f"{model_preset} {n}x{t}x3x{h}x{w}", make_inputs, run, dtypes,
-                 backward=backward)]
 
 
 def cases(preset: str) -> list[Case]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from vdeblur_ops.bench import Case
 
-from .bench_cases_tfn import main, model_cases
+from .bench_cases_tfn import main
+from .bench_common import model_cases
 
 # preset -> (model preset, overrides, N, T, H, W, time forward+backward too); T is always 5
 SHAPES = {
