@@ -7,9 +7,12 @@
 // dK, dV and loops over query tiles, recomputing P from the saved log-sum-exp; dQ goes to a
 // per-thread accumulator summed at the end (no atomics).
 // Top-k, forward: per (batch, query tile), S = K_t^T Q_t tiles stream through per-query candidate
-// lists (one vector compare tests a memory row against 16 queries' thresholds; few scores pass),
-// then a softmax over each query's k kept scores; a second pass gathers the k kept value columns
-// per query from a transposed copy of one value matrix. Extra memory O(N Nq k + Nm Cv).
+// lists (one vector compare tests a memory row against 16 queries' thresholds; few scores pass).
+// The thresholds start near each query's k-th largest score of the first memory tile (a
+// vectorised bisection over all queries at once) and rise by bisection, not sorting, when a list
+// fills; then a softmax over each query's k kept scores; a second pass gathers the k kept value
+// columns per query from per-thread transposed blocks of the value matrices (one parallel
+// region). Extra memory O(N Nq k + threads Nm kCB).
 // Top-k, backward: gathers and scatters through the kept (weight, index) pairs, one task per
 // channel row so that scatters never race.
 #include "memory_readout.h"
@@ -38,6 +41,7 @@ using namespace vdeblur::memory_readout;
 
 constexpr int64_t kBQ = 128;  // queries per tile
 constexpr int64_t kBM = 256;  // memory positions per tile (a BM x BQ float tile is 128 KiB)
+constexpr int64_t kTopBQ = 256;  // queries per tile of the top-k forward, when there are enough
 
 // Threads: at::parallel_for (the build compiles with -fopenmp; BLAS calls on tiles inside a task
 // see the enclosing parallel region and run single-threaded instead of forking their own teams).
@@ -183,23 +187,24 @@ void full_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
 }
 
 // One query's candidates for its k largest scores: every score above the threshold is appended;
-// when the buffer is full, a selection keeps the k largest and raises the threshold to the
-// smallest of them. Amortised O(1) per candidate, and few scores pass once the threshold is
-// good, so the vectorised threshold test (scan_row) does almost all the work. The threshold lives
-// in a per-tile array so that scan_row compares a whole row of queries at once.
+// when the buffer is full, the threshold is raised to a value t with at least k candidates >= t
+// (found by bisection on the value with vectorised counts, no sort) and only the candidates >= t
+// stay. No score below t can be among the k largest, and a later score equal to t only ties.
+// Amortised O(1) per candidate, and few scores pass once the threshold is good, so the
+// vectorised threshold test (scan_row) does almost all the work. The threshold lives in a
+// per-tile array so that scan_row compares a whole row of queries at once. An exact selection
+// (nth_element) runs only at the end, or when ties or infinities defeat the bisection.
 template <typename T>
 struct Candidates {
-  struct Entry {
-    T val;
-    int64_t idx;
-  };
-  Entry* buf;  // cap entries
-  T* scratch;  // cap values, shared by the lists of one thread
+  T* vals;       // cap scores
+  int64_t* idx;  // cap memory positions
+  T* scratch;    // cap values, shared by the lists of one thread
   T* thr;
   int64_t k, cap, count;
 
-  void init(Entry* b, T* sc, T* threshold, int64_t kk, int64_t capacity) {
-    buf = b;
+  void init(T* v, int64_t* ix, T* sc, T* threshold, int64_t kk, int64_t capacity) {
+    vals = v;
+    idx = ix;
     scratch = sc;
     thr = threshold;
     k = kk;
@@ -207,29 +212,76 @@ struct Candidates {
     count = 0;
     *thr = -std::numeric_limits<T>::infinity();
   }
-  void keep_best() {  // the k largest first, thr = the smallest of them
-    for (int64_t i = 0; i < count; ++i) scratch[i] = buf[i].val;
+  int64_t count_at_least(T t) const {
+    int64_t c = 0;
+    for (int64_t i = 0; i < count; ++i) c += vals[i] >= t;
+    return c;
+  }
+  void keep_at_least(T t) {  // keeps the candidates >= t, in order
+    int64_t kept = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const bool keep = vals[i] >= t;
+      vals[kept] = vals[i];
+      idx[kept] = idx[i];
+      kept += keep;
+    }
+    count = kept;
+  }
+  // Raises the threshold as far as a few bisection steps allow; false when that freed too little
+  // room (many equal scores, infinite scores) and an exact selection has to run instead.
+  bool raise_threshold() {
+    T lo = *thr, hi = vals[0];
+    for (int64_t i = 1; i < count; ++i) hi = vals[i] > hi ? vals[i] : hi;
+    if (!(std::isfinite(lo) && std::isfinite(hi))) return false;
+    // count(>= lo) >= k holds throughout (every candidate is > *thr).
+    const int64_t enough = k + k / 4;
+    int64_t c = count;
+    for (int it = 0; it < 16 && c > enough; ++it) {
+      const T mid = lo + (hi - lo) * T(0.5);
+      if (!(mid > lo && mid < hi)) break;
+      const int64_t cm = count_at_least(mid);
+      if (cm >= k) {
+        lo = mid;
+        c = cm;
+      } else {
+        hi = mid;
+      }
+    }
+    if (c > (k + cap) / 2) return false;
+    keep_at_least(lo);
+    *thr = lo;
+    return true;
+  }
+  void keep_best() {  // exactly the k largest (ties at the k-th broken arbitrarily), thr = the k-th
+    for (int64_t i = 0; i < count; ++i) scratch[i] = vals[i];
     std::nth_element(scratch, scratch + k - 1, scratch + count, std::greater<T>());
     const T kth = scratch[k - 1];
     int64_t above = 0;
-    for (int64_t i = 0; i < count; ++i) above += buf[i].val > kth;
+    for (int64_t i = 0; i < count; ++i) above += vals[i] > kth;
     // Keep the entries above the k-th largest and as many equal to it as fill k (ties).
     int64_t ties = k - above, kept = 0;
     for (int64_t i = 0; i < count; ++i) {
-      const bool keep = buf[i].val > kth || (buf[i].val == kth && ties-- > 0);
-      if (keep) buf[kept++] = buf[i];
+      const bool keep = vals[i] > kth || (vals[i] == kth && ties-- > 0);
+      if (keep) {
+        vals[kept] = vals[i];
+        idx[kept++] = idx[i];
+      }
     }
     *thr = kth;
     count = k;
   }
   void push(T s, int64_t p) {  // caller checked s > *thr
-    buf[count++] = Entry{s, p};
-    if (count == cap) keep_best();
+    vals[count] = s;
+    idx[count++] = p;
+    if (count == cap && !raise_threshold()) keep_best();
   }
   void finish() {
     if (count > k) keep_best();
     // Only NaN scores can leave fewer than k candidates: keep the indices in range, let NaN flow.
-    while (count < k) buf[count++] = Entry{std::numeric_limits<T>::quiet_NaN(), 0};
+    while (count < k) {
+      vals[count] = std::numeric_limits<T>::quiet_NaN();
+      idx[count++] = 0;
+    }
   }
 };
 
@@ -279,52 +331,104 @@ void scan_row<float>(const float* row, float bias, const float* thr, Candidates<
 }
 #endif
 
-// out_i[n, :, q] = sum_t weight[n, t, q] values_i[n, :, index[n, t, q]]. A block of kCB channels
-// of one value matrix is transposed at a time to (Nm, kCB), so that a kept memory position is
-// one contiguous row and the weighted sum of k rows vectorises over channels; the transposed
-// block is the only scratch (Nm * kCB elements).
+// A starting threshold per query from the first memory tile, so that few of its scores become
+// candidates: split the tile's bm >= k rows into k groups and take each query's smallest group
+// maximum. Those k maxima are k distinct scores >= it, so no score below it is among the k
+// largest; the threshold is lowered by one ulp so that scores equal to it still pass the strict
+// test. NaN scores never win a comparison and are ignored, as in scan_row.
+constexpr int kThresholdSteps = 8;
+
+template <typename T>
+void initial_thresholds(const T* s, const T* knp, T ns, T* thr, int64_t bm, int64_t bq, int64_t K) {
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  T gmax[kTopBQ], lo[kTopBQ], hi[kTopBQ], mid[kTopBQ];
+  int32_t cnt[kTopBQ];
+  for (int64_t j = 0; j < bq; ++j) {
+    lo[j] = inf;
+    hi[j] = -inf;
+  }
+  for (int64_t g = 0; g < K; ++g) {
+    const int64_t r0 = g * bm / K, r1 = (g + 1) * bm / K;
+    for (int64_t j = 0; j < bq; ++j) gmax[j] = -inf;
+    for (int64_t p = r0; p < r1; ++p) {
+      const T* row = s + p * bq;
+      const T bias = knp ? ns * knp[p] : T(0);
+      for (int64_t j = 0; j < bq; ++j) {
+        const T v = row[j] - bias;
+        gmax[j] = v > gmax[j] ? v : gmax[j];
+      }
+    }
+    for (int64_t j = 0; j < bq; ++j) {
+      lo[j] = gmax[j] < lo[j] ? gmax[j] : lo[j];
+      hi[j] = gmax[j] > hi[j] ? gmax[j] : hi[j];
+    }
+  }
+  // Bisection on the value, all queries at once: lo stays a value with at least k scores >= it.
+  for (int it = 0; it < kThresholdSteps; ++it) {
+    for (int64_t j = 0; j < bq; ++j) {
+      mid[j] = lo[j] + (hi[j] - lo[j]) * T(0.5);
+      cnt[j] = 0;
+    }
+    for (int64_t p = 0; p < bm; ++p) {
+      const T* row = s + p * bq;
+      const T bias = knp ? ns * knp[p] : T(0);
+      for (int64_t j = 0; j < bq; ++j) cnt[j] += (row[j] - bias) >= mid[j] ? 1 : 0;
+    }
+    for (int64_t j = 0; j < bq; ++j) {
+      if (!(mid[j] > lo[j] && mid[j] < hi[j])) continue;  // converged, or lo/hi not finite
+      if (cnt[j] >= K) lo[j] = mid[j];
+      else hi[j] = mid[j];
+    }
+  }
+  for (int64_t j = 0; j < bq; ++j) thr[j] = std::nextafter(lo[j], -inf);
+}
+
+// out_i[n, :, q] = sum_t weight[n, t, q] values_i[n, :, index[n, t, q]]. One task per block of
+// kCB channels of one value matrix (and one batch item): the block is transposed to (Nm, kCB), so
+// that a kept memory position is one contiguous row and the weighted sum of k rows vectorises
+// over channels, then every query is gathered from it. The per-thread transposed block is the
+// only scratch (Nm * kCB elements), and a single parallel region covers the whole gather.
 template <typename T>
 void gather_values(const std::vector<at::Tensor>& values, const at::Tensor& weight, const at::Tensor& index,
                    const std::vector<at::Tensor>& outs) {
-  constexpr int64_t kQB = 16;  // queries per task: output rows are written kQB values at a time
+  constexpr int64_t kQB = 16;  // output rows are written kQB values at a time
   constexpr int64_t kCB = 32;  // channels per transposed block
   const int64_t N = weight.size(0), K = weight.size(1), Nq = weight.size(2), Nm = values[0].size(2);
-  at::Tensor vt_buf = at::empty({Nm * kCB}, weight.options());
-  T* vd = vt_buf.data_ptr<T>();  // (Nm, cb)
-  for (size_t i = 0; i < values.size(); ++i) {
-    const int64_t cv = values[i].size(1), vstride = values[i].stride(1);
-    for (int64_t n = 0; n < N; ++n) {
+  std::vector<int64_t> first_task(values.size() + 1, 0);  // tasks of value i: [first_task[i], first_task[i+1])
+  for (size_t i = 0; i < values.size(); ++i)
+    first_task[i + 1] = first_task[i] + N * ceil_div(values[i].size(1), kCB);
+  parallel_tasks(first_task.back(), kCB * (Nm + K * Nq), [&](int64_t, int64_t begin, int64_t end) {
+    std::vector<T> vt_buf(Nm * kCB), acc_buf(kQB * kCB);
+    T* vd = vt_buf.data();  // (Nm, cb)
+    T* acc = acc_buf.data();
+    for (int64_t task = begin; task < end; ++task) {
+      size_t i = 0;
+      while (task >= first_task[i + 1]) ++i;
+      const int64_t cv = values[i].size(1), vstride = values[i].stride(1), n_cb = ceil_div(cv, kCB);
+      const int64_t r = task - first_task[i], n = r / n_cb, c0 = (r % n_cb) * kCB;
+      const int64_t cb = std::min(kCB, cv - c0);
+      const T* src = values[i].data_ptr<T>() + n * values[i].stride(0) + c0 * vstride;
+      for (int64_t p = 0; p < Nm; ++p)
+        for (int64_t c = 0; c < cb; ++c) vd[p * cb + c] = src[c * vstride + p];
       const T* w = weight.data_ptr<T>() + n * K * Nq;
       const int64_t* ix = index.data_ptr<int64_t>() + n * K * Nq;
-      for (int64_t c0 = 0; c0 < cv; c0 += kCB) {
-        const int64_t cb = std::min(kCB, cv - c0);
-        const T* src = values[i].data_ptr<T>() + n * values[i].stride(0) + c0 * vstride;
-        parallel_tasks(ceil_div(Nm, kQB), kQB * cb, [&](int64_t, int64_t begin, int64_t end) {
-          for (int64_t p = begin * kQB; p < std::min(Nm, end * kQB); ++p)
-            for (int64_t c = 0; c < cb; ++c) vd[p * cb + c] = src[c * vstride + p];
-        });
-        T* dst = outs[i].data_ptr<T>() + n * cv * Nq + c0 * Nq;
-        parallel_tasks(ceil_div(Nq, kQB), kQB * K * cb, [&](int64_t, int64_t begin, int64_t end) {
-          std::vector<T> acc_buf(kQB * kCB);
-          T* acc = acc_buf.data();
-          for (int64_t b = begin; b < end; ++b) {
-            const int64_t q0 = b * kQB, nb = std::min(kQB, Nq - q0);
-            for (int64_t jj = 0; jj < nb; ++jj) {
-              T* a = acc + jj * cb;
-              std::fill(a, a + cb, T(0));
-              for (int64_t t = 0; t < K; ++t) {
-                const T wt = w[t * Nq + q0 + jj];
-                const T* row = vd + ix[t * Nq + q0 + jj] * cb;
-                for (int64_t c = 0; c < cb; ++c) a[c] += wt * row[c];
-              }
-            }
-            for (int64_t c = 0; c < cb; ++c)
-              for (int64_t jj = 0; jj < nb; ++jj) dst[c * Nq + q0 + jj] = acc[jj * cb + c];
+      T* dst = outs[i].data_ptr<T>() + n * cv * Nq + c0 * Nq;
+      for (int64_t q0 = 0; q0 < Nq; q0 += kQB) {
+        const int64_t nb = std::min(kQB, Nq - q0);
+        for (int64_t jj = 0; jj < nb; ++jj) {
+          T* a = acc + jj * cb;
+          std::fill(a, a + cb, T(0));
+          for (int64_t t = 0; t < K; ++t) {
+            const T wt = w[t * Nq + q0 + jj];
+            const T* row = vd + ix[t * Nq + q0 + jj] * cb;
+            for (int64_t c = 0; c < cb; ++c) a[c] += wt * row[c];
           }
-        });
+        }
+        for (int64_t c = 0; c < cb; ++c)
+          for (int64_t jj = 0; jj < nb; ++jj) dst[c * Nq + q0 + jj] = acc[jj * cb + c];
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -334,25 +438,29 @@ void topk_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
   const int64_t N = q.size(0), Nq = q.size(2), Nm = k.size(2), K = weight.size(1);
   const T ds = dot_scale<T>(l2, scale), ns = norm_scale<T>(l2, scale);
   const at::Tensor kn = key_norms<T>(k, l2);
-  const int64_t n_qt = ceil_div(Nq, kBQ);
+  // Wider query tiles make the K^T Q GEMMs about 10% faster (Ck is short); keep the narrow ones
+  // when wide tiles would leave threads without work.
+  const int64_t bq_max = N * ceil_div(Nq, kTopBQ) >= 2 * at::get_num_threads() ? kTopBQ : kBQ;
+  const int64_t n_qt = ceil_div(Nq, bq_max);
   const auto opts = q.options();
 
-  parallel_tasks(N * n_qt, q.size(1) * kBQ * Nm, [&](int64_t, int64_t begin, int64_t end) {
-    at::Tensor s_buf = at::empty({kBQ * kBM}, opts);
-    const int64_t cap = 4 * K;  // a selection runs when cap candidates are waiting
-    std::vector<typename Candidates<T>::Entry> entries(kBQ * cap);
-    std::vector<T> scratch(cap), thr(kBQ);
-    std::vector<Candidates<T>> lists(kBQ);
+  parallel_tasks(N * n_qt, q.size(1) * bq_max * Nm, [&](int64_t, int64_t begin, int64_t end) {
+    at::Tensor s_buf = at::empty({bq_max * kBM}, opts);
+    const int64_t cap = 2 * K;  // the threshold rises when cap candidates are waiting
+    std::vector<T> cand_vals(bq_max * cap), scratch(cap), thr(bq_max);
+    std::vector<int64_t> cand_idx(bq_max * cap);
+    std::vector<Candidates<T>> lists(bq_max);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / n_qt, q0 = (task % n_qt) * kBQ, bq = std::min(kBQ, Nq - q0);
+      const int64_t n = task / n_qt, q0 = (task % n_qt) * bq_max, bq = std::min(bq_max, Nq - q0);
       const at::Tensor qt = q[n].narrow(1, q0, bq);  // (Ck, bq)
-      for (int64_t j = 0; j < bq; ++j) lists[j].init(&entries[j * cap], scratch.data(), &thr[j], K, cap);
+      for (int64_t j = 0; j < bq; ++j) lists[j].init(&cand_vals[j * cap], &cand_idx[j * cap], scratch.data(), &thr[j], K, cap);
       for (int64_t p0 = 0; p0 < Nm; p0 += kBM) {
         const int64_t bm = std::min(kBM, Nm - p0);
         at::Tensor st = mat(s_buf.data_ptr<T>(), bm, bq, opts);
         at::addmm_out(st, st, k[n].narrow(1, p0, bm).t(), qt, 0, ds);  // (bm, bq)
         const T* knp = l2 ? kn[n].data_ptr<T>() + p0 : nullptr;
         const T* s = st.data_ptr<T>();
+        if (p0 == 0 && bm >= K) initial_thresholds<T>(s, knp, ns, thr.data(), bm, bq, K);
         for (int64_t p = 0; p < bm; ++p)
           scan_row<T>(s + p * bq, l2 ? ns * knp[p] : T(0), thr.data(), lists.data(), bq, p0 + p);
       }
@@ -362,14 +470,14 @@ void topk_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
       for (int64_t j = 0; j < bq; ++j) {
         Candidates<T>& kb = lists[j];
         kb.finish();
-        T mx = kb.buf[0].val;
-        for (int64_t t = 1; t < K; ++t) mx = std::max(mx, kb.buf[t].val);
+        T mx = kb.vals[0];
+        for (int64_t t = 1; t < K; ++t) mx = std::max(mx, kb.vals[t]);
         T sum = 0;
-        for (int64_t t = 0; t < K; ++t) sum += (kb.buf[t].val = fast_exp(kb.buf[t].val - mx));
+        for (int64_t t = 0; t < K; ++t) sum += (kb.vals[t] = fast_exp(kb.vals[t] - mx));
         const T inv = T(1) / sum;
         for (int64_t t = 0; t < K; ++t) {
-          w[t * Nq + j] = kb.buf[t].val * inv;
-          ix[t * Nq + j] = kb.buf[t].idx;
+          w[t * Nq + j] = kb.vals[t] * inv;
+          ix[t * Nq + j] = kb.idx[t];
         }
       }
     }
