@@ -14,7 +14,6 @@
 #include <tuple>
 
 #include "../cpu/conv_gru.h"
-#include "../cpu/huge_pages.h"
 
 #ifdef VDEBLUR_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -57,9 +56,7 @@ Tensor blocks(const Tensor& t) { return t.select(0, 0).is_contiguous() ? t : t.c
 Tensor like(const Tensor& h, int64_t k = 1) {
   auto sizes = h.sizes().vec();
   sizes[1] *= k;
-  auto out = at::empty(sizes, h.options());
-  if (out.is_cpu()) cpu::prefer_huge_pages(out);
-  return out;
+  return at::empty(sizes, h.options());
 }
 
 Tensor nothing(const Tensor& h) { return at::empty({0}, h.options()); }
