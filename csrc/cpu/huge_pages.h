@@ -3,6 +3,9 @@
 // dominate writing them: 16k faults for a 64 MiB tensor. Ask Linux for transparent huge pages on
 // the 2 MiB-aligned interior of the buffer before any thread touches it (what PyTorch's
 // THP_MEM_ALLOC_ENABLE does for every allocation); a no-op where THP is off or unsupported.
+// Caveat, measured here: with /sys/kernel/mm/transparent_hugepage/defrag = madvise a fault may
+// compact memory synchronously, so on a fragmented machine a call can stall for tens of ms; the
+// ConvGRU gates (outputs of 16-32 MiB) do not use it for that reason.
 #pragma once
 
 #include <ATen/ATen.h>
