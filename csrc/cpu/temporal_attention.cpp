@@ -211,8 +211,8 @@ void gates(T* zh, T* zf, const T* m, T* mnew, const Params<T>& prm, const Geomet
     const T* __restrict mm = m + c * g.J;
     T* __restrict out = mnew + c * g.J;
     for (int64_t j = 0; j < g.J; ++j) {
-      const T hh = ta::tanh_fast(h[j] + bh);
-      const T ff = ta::sigmoid_fast(f[j] + bf);
+      const T hh = fast_tanh(h[j] + bh);
+      const T ff = fast_sigmoid(f[j] + bf);
       h[j] = hh;
       f[j] = ff;
       out[j] = ta::memory_update(mm[j], hh, ff);
@@ -253,7 +253,7 @@ void head_attention(const T* q, const T* k, T* a, const Geometry& g, int64_t c0,
     std::fill(sum, sum + P, T(0));
     for (int64_t s = 0; s < TT; ++s) {
       for (int64_t p = 0; p < P; ++p) {
-        const T e = ta::exp_fast(scale * row[s * P + p] - mx[p]);
+        const T e = fast_exp(scale * row[s * P + p] - mx[p]);
         row[s * P + p] = e;
         sum[p] += e;
       }

@@ -20,34 +20,27 @@
 namespace vdeblur {
 namespace conv_gru {
 
-VDEBLUR_HOST_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
-// tanh x = 1 - 2 / (e^{2x} + 1): exact limits +-1, absolute error ~1e-7 near 0.
-VDEBLUR_HOST_DEVICE float tanh_(float x) { return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f); }
-
-VDEBLUR_HOST_DEVICE double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
-VDEBLUR_HOST_DEVICE double tanh_(double x) { return ::tanh(x); }
-
 // ---- forward ----------------------------------------------------------------------------------
 
 template <typename T>
 VDEBLUR_HOST_DEVICE void reset_forward(T gx_z, T gx_r, T gh_z, T gh_r, T h, T& z, T& r, T& rh) {
-  z = sigmoid(gx_z + gh_z);
-  r = sigmoid(gx_r + gh_r);
+  z = fast_sigmoid(gx_z + gh_z);
+  r = fast_sigmoid(gx_r + gh_r);
   rh = r * h;
 }
 
 template <typename T>
 VDEBLUR_HOST_DEVICE void update_forward(T z, T gx_n, T gh_n, T h, T& h_new, T& h_hat) {
-  h_hat = tanh_(gx_n + gh_n);
+  h_hat = fast_tanh(gx_n + gh_n);
   h_new = h + z * (h_hat - h);
 }
 
 template <typename T>
 VDEBLUR_HOST_DEVICE void gates_forward(T gx_z, T gx_r, T gx_n, T gh_z, T gh_r, T gh_n, T h,
                                        T& h_new, T& z, T& r, T& h_hat) {
-  z = sigmoid(gx_z + gh_z);
-  r = sigmoid(gx_r + gh_r);
-  h_hat = tanh_(gx_n + r * gh_n);
+  z = fast_sigmoid(gx_z + gh_z);
+  r = fast_sigmoid(gx_r + gh_r);
+  h_hat = fast_tanh(gx_n + r * gh_n);
   h_new = h + z * (h_hat - h);
 }
 

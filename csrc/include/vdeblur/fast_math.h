@@ -1,4 +1,4 @@
-// Branch-free, call-free exp for the float kernels: GCC vectorises the CPU loops that use it,
+// Branch-free, call-free exp (and the sigmoid / tanh built on it) for the float kernels: GCC vectorises the CPU loops that use it,
 // and CUDA runs the same arithmetic. double uses libm (it serves gradcheck, not speed).
 #pragma once
 
@@ -44,5 +44,12 @@ VDEBLUR_HOST_DEVICE float fast_exp(float x) {
 }
 
 VDEBLUR_HOST_DEVICE double fast_exp(double x) { return ::exp(x); }
+
+VDEBLUR_HOST_DEVICE float fast_sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+VDEBLUR_HOST_DEVICE double fast_sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
+
+// tanh x = 1 - 2 / (e^{2x} + 1): exact limits +-1, absolute error ~1e-7 near 0.
+VDEBLUR_HOST_DEVICE float fast_tanh(float x) { return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f); }
+VDEBLUR_HOST_DEVICE double fast_tanh(double x) { return ::tanh(x); }
 
 }  // namespace vdeblur

@@ -18,21 +18,6 @@ constexpr int64_t kMaxFrames = 16;     // T: one 16-row tile in the Triton kerne
 constexpr int64_t kMaxChannels = 1024;  // C: TFN's bottleneck has 768; pixel tiles shrink to fit
 constexpr int kNumLinear = 5;          // W_h, W_f, W_q, W_k, W_v
 
-// exp: vdeblur::fast_exp (vectorisable polynomial for float, libm for double).
-template <typename T>
-VDEBLUR_HOST_DEVICE T exp_fast(T x) {
-  return fast_exp(x);
-}
-
-// tanh(z) = 1 - 2 / (exp(2z) + 1): exact limits +-1, absolute error ~1e-7 near 0.
-VDEBLUR_HOST_DEVICE float tanh_fast(float z) { return 1.0f - 2.0f / (fast_exp(2.0f * z) + 1.0f); }
-VDEBLUR_HOST_DEVICE double tanh_fast(double z) { return std::tanh(z); }
-
-template <typename T>
-VDEBLUR_HOST_DEVICE T sigmoid_fast(T z) {
-  return T(1) / (T(1) + exp_fast(-z));
-}
-
 // Eqs. 4-6: M' = F * H^ + (1 - F) * M, written as M + F (H^ - M).
 template <typename T>
 VDEBLUR_HOST_DEVICE T memory_update(T m, T h_hat, T gate) {
