@@ -26,21 +26,27 @@ def upsample_filters(weight: torch.Tensor, filter_scale: int) -> torch.Tensor:
     return up.unflatten(1, (g, kk))
 
 
+def _normalised(x: torch.Tensor, weight: torch.Tensor, k: int, stride: int, padding: int | None,
+                dilation: int, filter_scale: int) -> tuple[torch.Tensor, int, int, int]:
+    """(full-resolution (N, G, K*K, Ho, Wo) filters, padding, Ho, Wo) for either formulation."""
+    if padding is None:
+        padding = dilation * (k - 1) // 2
+    if weight.dim() == 6:
+        weight = weight.flatten(2, 3)
+    ho = output_size(x.shape[2], k, stride, padding, dilation)
+    wo = output_size(x.shape[3], k, stride, padding, dilation)
+    return upsample_filters(weight, filter_scale), padding, ho, wo
+
+
 def dynamic_filter2d(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int = 1,
                      padding: int | None = None, dilation: int = 1,
                      filter_scale: int = 1) -> torch.Tensor:
     """x (N, C, H, W), weight (N, G, K*K, Ho/f, Wo/f) or (N, G, K, K, Ho/f, Wo/f)
     -> (N, C, Ho, Wo); padding defaults to dilation * (K - 1) // 2."""
     k = kernel_size
-    if padding is None:
-        padding = dilation * (k - 1) // 2
-    if weight.dim() == 6:
-        weight = weight.flatten(2, 3)
+    weight, padding, ho, wo = _normalised(x, weight, k, stride, padding, dilation, filter_scale)
     n, c, h, w = x.shape
     g = weight.shape[1]
-    ho = output_size(h, k, stride, padding, dilation)
-    wo = output_size(w, k, stride, padding, dilation)
-    weight = upsample_filters(weight, filter_scale)
     cols = F.unfold(x, k, dilation=dilation, padding=padding, stride=stride)  # (N, C*K*K, Ho*Wo)
     cols = cols.view(n, g, c // g, k * k, ho, wo)
     return (cols * weight.unsqueeze(2)).sum(3).reshape(n, c, ho, wo)
@@ -53,15 +59,9 @@ def dynamic_filter2d_shifted(x: torch.Tensor, weight: torch.Tensor, kernel_size:
     the zero-padded x times the matching filter plane: the fastest plain-PyTorch formulation on
     CPU, used as a benchmark baseline."""
     k = kernel_size
-    if padding is None:
-        padding = dilation * (k - 1) // 2
-    if weight.dim() == 6:
-        weight = weight.flatten(2, 3)
+    weight, padding, ho, wo = _normalised(x, weight, k, stride, padding, dilation, filter_scale)
     n, c, h, w = x.shape
     g = weight.shape[1]
-    ho = output_size(h, k, stride, padding, dilation)
-    wo = output_size(w, k, stride, padding, dilation)
-    weight = upsample_filters(weight, filter_scale)
     xp = F.pad(x, (padding, padding, padding, padding)).view(n, g, c // g, h + 2 * padding,
                                                              w + 2 * padding)
     planes = weight.unsqueeze(2).unbind(3)  # unbind: one gradient stack, not K*K zero-fills
