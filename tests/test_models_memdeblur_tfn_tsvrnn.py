@@ -89,16 +89,19 @@ def test_tsvrnn_luma_network_matches_reference(backend_name, device):
     assert rel_err(grad, ref_grad) < ATTN_TOL[torch.float32]
 
 
-def test_tsvrnn_float64_and_no_grad():
+def _check_float64_and_no_grad(model: torch.nn.Module, frames: torch.Tensor) -> None:
     """C++ kernels in float64 (tight), and the inference path (no saved activations)."""
-    model = _tsvrnn().double().eval()
-    frames = torch.rand(1, 5, 3, 16, 16, dtype=torch.float64)
     cot = torch.randn_like(frames)
     out, grad = _run(model, frames, cot, "cpu")
     ref, ref_grad = _run(model, frames, cot, "reference")
     assert rel_err(out, ref) < TOL[torch.float64] and rel_err(grad, ref_grad) < TOL[torch.float64]
     with torch.no_grad(), vdeblur_ops.backend("cpu"):
         assert rel_err(model(frames), ref) < TOL[torch.float64]
+
+
+def test_tsvrnn_float64_and_no_grad():
+    _check_float64_and_no_grad(_tsvrnn().double().eval(),
+                               torch.rand(1, 5, 3, 16, 16, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("size", [(17, 19), (9, 30)])
@@ -179,14 +182,8 @@ def test_tfn_matches_reference(backend_name, device, training):
 
 
 def test_tfn_float64_and_no_grad():
-    model = _tfn().double().eval()
-    frames = torch.rand(1, 4, 3, 16, 16, dtype=torch.float64)
-    cot = torch.randn_like(frames)
-    out, grad = _run(model, frames, cot, "cpu")
-    ref, ref_grad = _run(model, frames, cot, "reference")
-    assert rel_err(out, ref) < TOL[torch.float64] and rel_err(grad, ref_grad) < TOL[torch.float64]
-    with torch.no_grad(), vdeblur_ops.backend("cpu"):
-        assert rel_err(model(frames), ref) < TOL[torch.float64]
+    _check_float64_and_no_grad(_tfn().double().eval(),
+                               torch.rand(1, 4, 3, 16, 16, dtype=torch.float64))
 
 
 def _direct_attention_average(model: TFN, bottleneck: torch.Tensor) -> torch.Tensor:
