@@ -4,7 +4,8 @@ Public API (DESIGN.md section 4): ``haar_dwt2d``, ``haar_idwt2d``, ``dynamic_fil
 ``conv_gru_reset``, ``conv_gru_update``, ``conv_gru_gates``, ``temporal_attention``,
 ``memory_readout`` and ``MemoryBank``; modules in :mod:`vdeblur_ops.nn`; backend control with
 :func:`backend`, :func:`available_backends` and the ``VDEBLUR_BACKEND`` environment variable;
-pure-PyTorch ground truth in :mod:`vdeblur_ops.reference`.
+the CPU buffer caches with :func:`empty_cpu_cache` and :func:`cpu_cache_bytes`; pure-PyTorch
+ground truth in :mod:`vdeblur_ops.reference`.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import os
 import importlib.util
 
 from ._backend import BACKENDS, available_backends, backend, forced_backend
+from ._cpu_cache import cpu_cache_bytes, empty_cpu_cache
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "available_backends", "backend", "forced_backend"]
+__all__ = ["BACKENDS", "available_backends", "backend", "forced_backend", "cpu_cache_bytes",
+           "empty_cpu_cache"]
 
 # Op families, each in vdeblur_ops/ops/<family>.py with its own __all__. VDEBLUR_FAMILIES
 # (comma-separated, as for setup.py) loads only some of them: for development of one family.

@@ -34,3 +34,8 @@ def load(family: str) -> str | None:
             except OSError as exc:  # e.g. built against another torch: ABI mismatch
                 _load_errors[family] = f"the C++ extension {path.name} failed to load: {exc}"
     return _load_errors[family]
+
+
+def loaded_families() -> list[str]:
+    """The op families whose library is loaded."""
+    return [family for family, error in _load_errors.items() if error is None]

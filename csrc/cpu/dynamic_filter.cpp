@@ -9,7 +9,6 @@
 // Filters are read through their strides (stride 0 where expanded) and, with filter_scale f > 1,
 // through the bilinear upsampling, one K*K-row set per output row: nothing is materialised.
 #include "dynamic_filter.h"
-#include "huge_pages.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -384,7 +383,6 @@ WeightStrides strides_of(const at::Tensor& w) {
 
 void dynamic_filter2d_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& out,
                               const Geometry& g) {
-  prefer_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dynamic_filter2d_cpu", [&] {
     forward_impl<scalar_t>(x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), strides_of(weight),
                            out.mutable_data_ptr<scalar_t>(), g);
@@ -393,7 +391,6 @@ void dynamic_filter2d_forward(const at::Tensor& x, const at::Tensor& weight, con
 
 void dynamic_filter2d_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& grad_x,
                                  const Geometry& g) {
-  prefer_huge_pages(grad_x);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_out.scalar_type(), "dynamic_filter2d_grad_input_cpu", [&] {
     grad_input_impl<scalar_t>(grad_out.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                               strides_of(weight), grad_x.mutable_data_ptr<scalar_t>(), g);
@@ -402,7 +399,6 @@ void dynamic_filter2d_grad_input(const at::Tensor& grad_out, const at::Tensor& w
 
 void dynamic_filter2d_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& grad_weight,
                                   const Geometry& g) {
-  prefer_huge_pages(grad_weight);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_out.scalar_type(), "dynamic_filter2d_grad_weight_cpu", [&] {
     const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

@@ -2,7 +2,6 @@
 // intermediate low band in a plane-sized scratch buffer (cache resident) in the accumulation type,
 // so a multi-level call reads the input once and writes each output once.
 #include "haar.h"
-#include "huge_pages.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -100,8 +99,6 @@ void haar_dwt2d(const at::Tensor& x, const at::Tensor& ll, const std::vector<at:
                 double scale, bool band_layout) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int levels = static_cast<int>(highs.size());
-  prefer_huge_pages(ll);
-  for (const auto& t : highs) prefer_huge_pages(t);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "haar_dwt2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
@@ -144,7 +141,6 @@ void haar_idwt2d(const at::Tensor& ll, const std::vector<at::Tensor>& highs, con
                  double scale, bool band_layout) {
   const int64_t N = out.size(0), C = out.size(1), Ho = out.size(2), Wo = out.size(3);
   const int levels = static_cast<int>(highs.size());
-  prefer_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ll.scalar_type(), "haar_idwt2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* ll_ptr = ll.const_data_ptr<scalar_t>();

@@ -13,6 +13,7 @@
 
 #include <tuple>
 
+#include "cpu_cache_ops.h"
 #include "../cpu/conv_gru.h"
 
 #ifdef VDEBLUR_WITH_CUDA
@@ -53,10 +54,12 @@ void check_like(const Tensor& t, const char* name, const Tensor& h, int64_t k, c
 // output is), whatever its batch stride; anything else is copied once.
 Tensor blocks(const Tensor& t) { return t.select(0, 0).is_contiguous() ? t : t.contiguous(); }
 
+// Outputs on CPU come from the buffer cache: the 2C-4C gradients and workspace are above glibc's
+// mmap threshold at real sizes, and fresh pages cost more than the kernels (cpu/buffer_cache.h).
 Tensor like(const Tensor& h, int64_t k = 1) {
   auto sizes = h.sizes().vec();
   sizes[1] *= k;
-  return at::empty(sizes, h.options());
+  return cpu::empty_output(sizes, h.options());
 }
 
 Tensor nothing(const Tensor& h) { return at::empty({0}, h.options()); }
@@ -250,6 +253,7 @@ std::tuple<Tensor, Tensor, Tensor> gates_backward_cuda(const Tensor& grad, const
 }  // namespace vdeblur
 
 TORCH_LIBRARY_FRAGMENT(vdeblur, m) {
+  VDEBLUR_DEFINE_CPU_CACHE_OPS(m, "conv_gru");
   m.def("conv_gru_reset(Tensor gx_zr, Tensor gh_zr, Tensor h, bool save) -> (Tensor, Tensor, Tensor)");
   m.def("conv_gru_reset_backward(Tensor grad_z, Tensor grad_rh, Tensor z, Tensor r, Tensor h) -> (Tensor, Tensor)");
   m.def("conv_gru_update(Tensor z, Tensor gx_n, Tensor gh_n, Tensor h, bool save) -> (Tensor, Tensor)");

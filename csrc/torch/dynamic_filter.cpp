@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "cpu_cache_ops.h"
 #include "../cpu/dynamic_filter.h"
 #include "vdeblur/dynamic_filter.h"
 
@@ -109,7 +110,7 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, int64_t
                        int64_t dil, int64_t scale) {
   const Geometry g = forward_geometry(x_in, weight, K, stride, pad, dil, scale);
   const auto x = x_in.contiguous();
-  auto out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
+  auto out = cpu::empty_output({g.N, g.C, g.Ho, g.Wo}, x.options());
   cpu::dynamic_filter2d_forward(x, weight, out, g);
   return out;
 }
@@ -118,7 +119,7 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weigh
                           int64_t pad, int64_t dil, int64_t scale, at::IntArrayRef input_size) {
   const Geometry g = grad_input_geometry(grad_out_in, weight, K, stride, pad, dil, scale, input_size);
   const auto grad_out = grad_out_in.contiguous();
-  auto grad_x = at::empty({g.N, g.C, g.H, g.W}, grad_out.options());
+  auto grad_x = cpu::empty_output({g.N, g.C, g.H, g.W}, grad_out.options());
   cpu::dynamic_filter2d_grad_input(grad_out, weight, grad_x, g);
   return grad_x;
 }
@@ -128,7 +129,7 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in
   const Geometry g = grad_weight_geometry(grad_out_in, x_in, groups, K, stride, pad, dil, scale);
   const auto grad_out = grad_out_in.contiguous();
   const auto x = x_in.contiguous();
-  auto grad_weight = at::empty({g.N, g.G, g.K * g.K, g.hl, g.wl}, grad_out.options());
+  auto grad_weight = cpu::empty_output({g.N, g.G, g.K * g.K, g.hl, g.wl}, grad_out.options());
   cpu::dynamic_filter2d_grad_weight(grad_out, x, grad_weight, g);
   return grad_weight;
 }
@@ -181,6 +182,7 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
 }  // namespace vdeblur
 
 TORCH_LIBRARY_FRAGMENT(vdeblur, m) {
+  VDEBLUR_DEFINE_CPU_CACHE_OPS(m, "dynamic_filter");
   m.def("dynamic_filter2d(Tensor x, Tensor weight, int kernel_size, int stride, int padding, int dilation, "
         "int filter_scale) -> Tensor");
   m.def("dynamic_filter2d_grad_input(Tensor grad_out, Tensor weight, int kernel_size, int stride, int padding, "

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "cpu_cache_ops.h"
 #include "../cpu/haar.h"
 #include "vdeblur/haar.h"
 
@@ -37,9 +38,10 @@ std::vector<at::Tensor> dwt_outputs(const at::Tensor& x, int64_t levels, bool ba
   for (int64_t l = 0; l < levels; ++l) {
     h = (h + 1) / 2;
     w = (w + 1) / 2;
-    outs[l + 1] = band_layout ? at::empty({N, 3, C, h, w}, x.options()) : at::empty({N, C, 3, h, w}, x.options());
+    outs[l + 1] = band_layout ? cpu::empty_output({N, 3, C, h, w}, x.options())
+                              : cpu::empty_output({N, C, 3, h, w}, x.options());
   }
-  outs[0] = at::empty({N, C, h, w}, x.options());
+  outs[0] = cpu::empty_output({N, C, h, w}, x.options());
   return outs;
 }
 
@@ -87,7 +89,7 @@ at::Tensor haar_idwt2d_cpu(const at::Tensor& ll_in, at::TensorList highs_in, dou
   check_idwt(ll_in, highs_in, band_layout, output_size);
   const auto ll = ll_in.contiguous();
   const auto highs = contiguous_all(highs_in);
-  auto out = at::empty({ll.size(0), ll.size(1), output_size[0], output_size[1]}, ll.options());
+  auto out = cpu::empty_output({ll.size(0), ll.size(1), output_size[0], output_size[1]}, ll.options());
   cpu::haar_idwt2d(ll, highs, out, scale, band_layout);
   return out;
 }
@@ -147,6 +149,7 @@ at::Tensor haar_idwt2d_cuda(const at::Tensor& ll_in, at::TensorList highs_in, do
 }  // namespace vdeblur
 
 TORCH_LIBRARY_FRAGMENT(vdeblur, m) {
+  VDEBLUR_DEFINE_CPU_CACHE_OPS(m, "haar");
   m.def("haar_dwt2d(Tensor x, int levels, float scale, bool band_layout) -> Tensor[]");
   m.def("haar_idwt2d(Tensor ll, Tensor[] highs, float scale, bool band_layout, int[] output_size) -> Tensor");
 }
