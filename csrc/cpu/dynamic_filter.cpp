@@ -19,10 +19,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace vdeblur {
 namespace cpu {
 namespace {
