@@ -142,24 +142,28 @@ class BufferCache final : public c10::Allocator {
   size_t free_bytes_ = 0;
 };
 
-namespace {  // one cache per op-family library (each is one translation unit that includes this)
+// Everything below is per translation unit: each op family's torch/<family>.cpp has its own cache,
+// whether the families are separate libraries (setup.py) or one (CMake). Both functions must stay
+// in the anonymous namespace: an inline function with external linkage would be merged across
+// translation units, and every family would share whichever cache the linker kept.
+namespace {
 
 // Never destroyed, so tensors that outlive static destruction at exit can still hand their buffers
 // back.
-BufferCache& buffer_cache() {
+[[maybe_unused]] BufferCache& buffer_cache() {
   static BufferCache* cache = new BufferCache();
   return *cache;
 }
 
-}  // namespace
-
 // at::empty(sizes, options) for a kernel's output: on CPU with storage from the buffer cache,
 // elsewhere as usual. Contiguous either way.
-inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+[[maybe_unused]] at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (options.device().type() != c10::DeviceType::CPU) return at::empty(sizes, options);
   return at::detail::empty_generic(sizes, &buffer_cache(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    c10::typeMetaToScalarType(options.dtype()), c10::MemoryFormat::Contiguous);
 }
+
+}  // namespace
 
 }  // namespace cpu
 }  // namespace vdeblur
