@@ -1,5 +1,5 @@
 // A small cache of large CPU output buffers, so that a kernel's output does not come fresh from
-// the kernel on every call.
+// the OS on every call.
 //
 // Why: glibc serves every block above its mmap threshold (32 MiB at most) straight from the OS and
 // gives it back on free, so each call pays first-touch page faults and an munmap: measured here
@@ -8,14 +8,14 @@
 // faults than in the kernels. Transparent huge pages are no cure here: with THP defrag = madvise a
 // fault may compact memory synchronously and stall for tens of ms.
 //
-// What: tensors of at least kMinBytes made by empty() take their storage from a list of freed
-// buffers of the same (2 MiB-rounded) size when there is one; a freed buffer goes back to the list
-// unless the list would then hold more than the cap, in which case the least recently freed
-// buffers are released. Smaller tensors use PyTorch's CPU allocator as usual. Like PyTorch's CUDA
-// caching allocator, the memory stays reserved by the process: each op family's library keeps its
-// own cache of at most VDEBLUR_CPU_CACHE_MIB (default 256; 0 turns the cache off) while no tensor
-// uses it, and empty_cache() releases all of it (vdeblur_ops.empty_cpu_cache() from Python). Allocations are reported to the PyTorch profiler like the default
-// allocator's, so profiled peak memory stays right.
+// What: outputs of at least kMinBytes made by empty_output() take their storage from a list of
+// freed buffers of the same (2 MiB-rounded) size when there is one; a freed buffer goes back to the
+// list, and when the list then holds more than the cap the least recently freed buffers are
+// released. Smaller tensors use PyTorch's CPU allocator as usual. Like PyTorch's CUDA caching
+// allocator, the memory stays reserved by the process: each op family keeps its own cache of at
+// most VDEBLUR_CPU_CACHE_MIB (default 256; 0 turns the cache off) that no tensor uses, and
+// empty_cache() releases all of it (vdeblur_ops.empty_cpu_cache() from Python). Allocations are
+// reported to the PyTorch profiler like the default allocator's, so profiled peak memory is right.
 #pragma once
 
 #include <ATen/ATen.h>
