@@ -93,6 +93,32 @@ def test_gradients_from_cached_buffers_match_the_reference():
     assert vdeblur_ops.cpu_cache_bytes() > 0
 
 
+def test_threads_share_the_cache_safely():
+    # Ops release the GIL: several threads take and give back buffers of the same size at once.
+    import threading
+
+    inputs = [torch.randn(HAAR_SHAPE) for _ in range(3)]
+    wants = [ref_haar.haar_dwt2d(x)[1][0] for x in inputs]
+    errors: list[str] = []
+
+    def work(x, want):
+        with vdeblur_ops.backend("cpu"):
+            for step in range(6):
+                _ll, highs = vdeblur_ops.haar_dwt2d(x)
+                err = (highs[0] - want).abs().max().item()
+                if not err < 1e-5:
+                    errors.append(f"step {step}: max error {err}")
+                del highs
+
+    threads = [threading.Thread(target=work, args=pair) for pair in zip(inputs, wants)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert 0 < vdeblur_ops.cpu_cache_bytes() <= 3 * 48 * MIB
+
+
 def test_profiler_sees_cached_allocations():
     from vdeblur_ops.bench import peak_memory
 
