@@ -22,7 +22,9 @@ differentiation takes.
 
 Layout: gate tensors may be channel slices of a larger conv output (``gx[:, :2C]``): a tensor whose
 per-sample block (C, *spatial) is contiguous is read in place, whatever its batch stride; other
-layouts are made contiguous first. Outputs are contiguous.
+layouts are made contiguous first. Outputs are contiguous; on CPU, those of 32 MiB and more (the
+2C-4C gradients and the saved workspace at video sizes) reuse freed buffers instead of fresh pages
+(:func:`vdeblur_ops.empty_cpu_cache`).
 """
 from __future__ import annotations
 
