@@ -6,6 +6,7 @@ reads it when a kernel is defined).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -42,3 +43,18 @@ def _interpreter_scalar_index_fix() -> None:
 
 if TRITON_ON_CPU:
     _interpreter_scalar_index_fix()
+
+
+def device_guard(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Context under which a Triton launch on ``tensor`` must run.
+
+    Triton launches on the *current* CUDA device and its current stream, not on the device of
+    the arguments: a tensor on cuda:1 while cuda:0 is current would be read by a kernel on the
+    wrong device. For a CUDA tensor this is ``torch.cuda.device(tensor.device)``; for a CPU
+    tensor (the interpreter) it is a no-op, so CPU runs never touch the CUDA runtime.
+
+    Use: ``with device_guard(x): kernel[grid](...)``.
+    """
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
