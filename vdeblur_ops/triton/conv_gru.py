@@ -10,20 +10,25 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_guard
+
 _BLOCK = 1024
 
 
 @triton.jit
 def _sigmoid(x):
-    # The clamp keeps e^{-x} finite (same result: 1 / (1 + e^88) is 0 in float32).
-    return 1.0 / (1.0 + tl.exp(tl.minimum(-x, 88.0)))
+    # No clamp on e^{-x}: it overflows to inf below x = -88.7 and 1 / inf = 0 exactly. A clamp with
+    # tl.minimum would compile to PTX min.f32, which returns the non-NaN operand, so sigmoid(NaN)
+    # would become 6e-39 on a GPU (the interpreter propagates NaN and would not show it).
+    return 1.0 / (1.0 + tl.exp(-x))
 
 
 @triton.jit
 def _tanh(x):
-    # 1 - 2 / (e^{2x} + 1): exact limits +-1 when e^{2x} overflows or underflows; it cancels near
-    # 0, so |x| < 1/4 takes the odd Taylor series to x^9 instead (as vdeblur/fast_math.h does).
-    far = 1.0 - 2.0 / (tl.exp(tl.minimum(2.0 * x, 88.0)) + 1.0)
+    # 1 - 2 / (e^{2x} + 1): exact limits +-1 when e^{2x} overflows or underflows (no clamp, for
+    # NaN as in _sigmoid); it cancels near 0, so |x| < 1/4 takes the odd Taylor series to x^9
+    # instead (as vdeblur/fast_math.h does). NaN fails |x| < 1/4 and takes `far`, which is NaN.
+    far = 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
     x2 = x * x
     near = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
     return tl.where(tl.abs(x) < 0.25, near, far)
@@ -32,11 +37,14 @@ def _tanh(x):
 @triton.jit
 def _cast(x, ty: tl.constexpr):
     """float32 -> ty, rounding to nearest even for bfloat16 explicitly: the Triton interpreter
-    truncates there (GPUs round), which would double the error of the interpreter tests."""
+    truncates there, even with fp_downcast_rounding="rtne" (GPUs round), which would double the
+    error of the interpreter tests. The bit trick is for finite values and +-inf (the carry
+    stops at the exponent); a NaN's mantissa could carry into the sign (0x7FFFFFFF -> -0.0) or
+    wrap to 0 (0xFFFFFFFF), so NaN bypasses it."""
     if ty == tl.bfloat16:
         b = x.to(tl.uint32, bitcast=True)
         b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
-        x = b.to(tl.float32, bitcast=True)
+        x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
     return x.to(ty)
 
 
@@ -192,8 +200,9 @@ def reset(gx_zr, gh_zr, h, save: bool):
     z, rh = _like(h), _like(h)
     r = _like(h) if save else h.new_empty((0,))
     cs, total, grid = _geometry(h)
-    _reset_kernel[grid](gx, gh, hc, z, rh, r if save else z, cs, total, s_gx, s_gh, s_h,
-                        SAVE=save, BLOCK=_BLOCK)
+    with device_guard(h):
+        _reset_kernel[grid](gx, gh, hc, z, rh, r if save else z, cs, total, s_gx, s_gh, s_h,
+                            SAVE=save, BLOCK=_BLOCK)
     return z, rh, r
 
 
@@ -201,8 +210,9 @@ def reset_backward(grad_z, grad_rh, z, r, h):
     (gz, s1), (grh, s2), (zc, s3), (rc, s4), (hc, s5) = map(_blocks, (grad_z, grad_rh, z, r, h))
     ga, gh = _like(h, 2), _like(h)
     cs, total, grid = _geometry(h)
-    _reset_backward_kernel[grid](gz, grh, zc, rc, hc, ga, gh, cs, total, s1, s2, s3, s4, s5,
-                                 BLOCK=_BLOCK)
+    with device_guard(h):
+        _reset_backward_kernel[grid](gz, grh, zc, rc, hc, ga, gh, cs, total, s1, s2, s3, s4, s5,
+                                     BLOCK=_BLOCK)
     return ga, gh
 
 
@@ -211,8 +221,9 @@ def update(z, gx_n, gh_n, h, save: bool):
     out = _like(h)
     h_hat = _like(h) if save else h.new_empty((0,))
     cs, total, grid = _geometry(h)
-    _update_kernel[grid](zc, gx, gh, hc, out, h_hat if save else out, cs, total, s1, s2, s3, s4,
-                         SAVE=save, BLOCK=_BLOCK)
+    with device_guard(h):
+        _update_kernel[grid](zc, gx, gh, hc, out, h_hat if save else out, cs, total,
+                             s1, s2, s3, s4, SAVE=save, BLOCK=_BLOCK)
     return out, h_hat
 
 
@@ -220,8 +231,9 @@ def update_backward(grad, z, h_hat, h):
     (g, s1), (zc, s2), (hh, s3), (hc, s4) = map(_blocks, (grad, z, h_hat, h))
     gz, gn, gh = _like(h), _like(h), _like(h)
     cs, total, grid = _geometry(h)
-    _update_backward_kernel[grid](g, zc, hh, hc, gz, gn, gh, cs, total, s1, s2, s3, s4,
-                                  BLOCK=_BLOCK)
+    with device_guard(h):
+        _update_backward_kernel[grid](g, zc, hh, hc, gz, gn, gh, cs, total, s1, s2, s3, s4,
+                                      BLOCK=_BLOCK)
     return gz, gn, gh
 
 
@@ -230,8 +242,9 @@ def gates(gx, gh, h, save: bool):
     out = _like(h)
     ws = _like(h, 4) if save else h.new_empty((0,))
     cs, total, grid = _geometry(h)
-    _gates_kernel[grid](x, u, hc, out, ws if save else out, cs, total, s1, s2, s3,
-                        SAVE=save, BLOCK=_BLOCK)
+    with device_guard(h):
+        _gates_kernel[grid](x, u, hc, out, ws if save else out, cs, total, s1, s2, s3,
+                            SAVE=save, BLOCK=_BLOCK)
     return out, ws
 
 
@@ -239,5 +252,6 @@ def gates_backward(grad, workspace, h):
     (g, s1), (ws, s2), (hc, s3) = map(_blocks, (grad, workspace, h))
     gx, gu, gh = _like(h, 3), _like(h, 3), _like(h)
     cs, total, grid = _geometry(h)
-    _gates_backward_kernel[grid](g, ws, hc, gx, gu, gh, cs, total, s1, s2, s3, BLOCK=_BLOCK)
+    with device_guard(h):
+        _gates_backward_kernel[grid](g, ws, hc, gx, gu, gh, cs, total, s1, s2, s3, BLOCK=_BLOCK)
     return gx, gu, gh
