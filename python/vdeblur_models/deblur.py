@@ -247,7 +247,8 @@ def deblur_sequence(model: torch.nn.Module, frames: Sequence[torch.Tensor], chun
 
 
 def load_weights(model: torch.nn.Module, path: Path, trust: bool = False) -> None:
-    """Our own state_dict (exact key match) or the authors' checkpoint (via load_official).
+    """Our own state_dict (exact key match), a ``vdeblur_models.train`` checkpoint (its
+    ``"model"`` entry) or the authors' checkpoint (via load_official).
     Checkpoints are read with ``weights_only=True`` (tensors and plain containers only) unless
     ``trust``: unpickling arbitrary objects can run code from the file."""
     if not path.is_file():
@@ -258,6 +259,9 @@ def load_weights(model: torch.nn.Module, path: Path, trust: bool = False) -> Non
         raise SystemExit(f"--weights {path} holds more than tensors and plain containers "
                          f"({str(err).splitlines()[0]}); if you trust the file, pass "
                          "--trust-checkpoint to unpickle it fully") from None
+    if isinstance(checkpoint, dict) and str(checkpoint.get("format", "")).startswith(
+            "vdeblur_models.train/"):
+        checkpoint = checkpoint["model"]  # a training checkpoint (vdeblur_models.train)
     if isinstance(checkpoint, dict) and set(checkpoint) == set(model.state_dict()):
         model.load_state_dict(checkpoint)
     else:

@@ -1,0 +1,158 @@
+"""Metrics, the GoPro-layout data reader, the synthetic data and the training command."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vdeblur_models
+from vdeblur_models import data, deblur, metrics, train
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def numpy_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al. 2004 written out directly: every valid 11x11 window, Gaussian weights
+    (sigma 1.5) as an explicit 2-D array, weighted means / variances / covariance."""
+    r = np.arange(11) - 5.0
+    w2 = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5 ** 2))
+    w2 /= w2.sum()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    values = []
+    for ch in range(x.shape[0]):
+        px = np.lib.stride_tricks.sliding_window_view(x[ch], (11, 11))
+        py = np.lib.stride_tricks.sliding_window_view(y[ch], (11, 11))
+        mx, my = (px * w2).sum((-2, -1)), (py * w2).sum((-2, -1))
+        vx = (px ** 2 * w2).sum((-2, -1)) - mx ** 2
+        vy = (py ** 2 * w2).sum((-2, -1)) - my ** 2
+        cxy = (px * py * w2).sum((-2, -1)) - mx * my
+        s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+        values.append(s.mean())
+    return float(np.mean(values))
+
+
+def test_ssim_matches_direct_formula():
+    x = torch.rand(3, 23, 31, dtype=torch.float64)
+    y = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+    assert metrics.ssim(x, y).item() == pytest.approx(numpy_ssim(x.numpy(), y.numpy()), abs=1e-10)
+
+
+def test_ssim_matches_skimage():
+    skm = pytest.importorskip("skimage.metrics")
+    x = torch.rand(3, 40, 36)
+    y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    ref = skm.structural_similarity(x.permute(1, 2, 0).numpy(), y.permute(1, 2, 0).numpy(),
+                                    channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=1.0)
+    assert metrics.ssim(x, y).item() == pytest.approx(float(ref), abs=1e-6)
+
+
+def test_metric_properties():
+    x = torch.rand(2, 3, 16, 16) * 0.8
+    assert torch.allclose(metrics.ssim(x, x), torch.ones(2, dtype=torch.float64))
+    # a constant offset of 0.1 has MSE 0.01: exactly 20 dB
+    assert torch.allclose(metrics.psnr(x + 0.1, x), torch.full((2,), 20.0, dtype=torch.float64))
+    assert math.isinf(metrics.psnr(x, x)[0].item())
+    worse = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+    better = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    assert (metrics.ssim(better, x) > metrics.ssim(worse, x)).all()
+    with pytest.raises(ValueError, match="shape"):
+        metrics.psnr(x, x[..., :8])
+    with pytest.raises(ValueError, match="at least 11"):
+        metrics.ssim(x[..., :8, :8], x[..., :8, :8])
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def test_synthetic_layout_and_crops(tmp_path: Path):
+    data.main(["--make-synthetic", str(tmp_path), "--train-clips", "2", "--test-clips", "1",
+               "--frames", "4", "--size", "32", "--seed", str(torch.randint(1000, ()).item())])
+    train_clips, val_clips = data.load_splits(tmp_path)
+    assert [c.name for c in train_clips] == ["clip000", "clip001"] and len(val_clips) == 1
+    assert len(train_clips[0]) == 4
+    blur = torch.stack([deblur.read_frame(p) for p in train_clips[0].blur])
+    sharp = torch.stack([deblur.read_frame(p) for p in train_clips[0].sharp])
+    assert blur.shape == (4, 3, 32, 32)
+    # averaging sub-frames of moving texture blurs: the blurry frames are not the sharp ones
+    # and have less high-frequency energy
+    assert metrics.psnr(blur, sharp).max() < 35
+    grad = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
+    assert grad(blur) < 0.8 * grad(sharp)
+
+    crops = data.ClipCrops(train_clips, frames=3, crop=16, length=5, flips=False)
+    b, s = crops[1]
+    assert b.shape == s.shape == (3, 3, 16, 16)
+    # the crop is a window of the clip at one position, the same in blur and sharp
+    full_b = torch.stack([deblur.read_frame(p) for p in train_clips[1].blur])
+    full_s = torch.stack([deblur.read_frame(p) for p in train_clips[1].sharp])
+    found = [(t, y, x) for t in range(2) for y in range(17) for x in range(17)
+             if torch.equal(full_b[t:t + 3, :, y:y + 16, x:x + 16], b)]
+    assert found
+    t, y, x = found[0]
+    assert torch.equal(full_s[t:t + 3, :, y:y + 16, x:x + 16], s)
+    with pytest.raises(ValueError, match="frames=9"):
+        data.ClipCrops(train_clips, frames=9, crop=16, length=1)
+
+
+def test_dvd_layout(tmp_path: Path):
+    for clip in ("a", "b"):
+        for kind in ("input", "GT"):
+            (tmp_path / "train" / clip / kind).mkdir(parents=True)
+            for i in range(2):
+                deblur.write_frame(torch.rand(3, 8, 8), tmp_path / "train" / clip / kind / f"{i}.jpg")
+    train_clips, val_clips = data.load_splits(tmp_path)
+    assert len(train_clips) == 2 and val_clips == []
+    with pytest.raises(ValueError, match="0 clips"):
+        data.load_splits(tmp_path / "train" / "a")
+
+# -- the training command --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    return data.make_synthetic(root, train_clips=4, test_clips=1, frames=8, size=32,
+                               seed=int(torch.randint(10_000, ()).item()))
+
+
+def run_train(model: str, data_dir: Path, out: Path, steps: int, *extra: str) -> None:
+    assert train.main(["--model", model, "--preset", "tiny", "--data", str(data_dir),
+                       "--out", str(out), "--steps", str(steps), "--batch-size", "1",
+                       "--crop", "32", "--workers", "0", "--cache", "--val-frames", "6",
+                       "--log-every", "1", *extra]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(vdeblur_models.list_models()))
+def test_train_smoke_and_resume(model: str, synthetic: Path, tmp_path: Path):
+    """Two steps, then resume for one more: loss finite (train raises otherwise), checkpoint
+    written, the step count continues, and the deblur command loads the same file."""
+    run_train(model, synthetic, tmp_path, 2, "--frames", "5" if model == "tsvrnn" else "3",
+              "--val-every", "0")
+    ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["format"] == train.CHECKPOINT_FORMAT
+    assert math.isfinite(ckpt["val"]["psnr"])
+    first = {k: v.clone() for k, v in ckpt["model"].items()}
+    run_train(model, synthetic, tmp_path, 3, "--frames", "5" if model == "tsvrnn" else "3",
+              "--val-every", "0", "--resume")
+    ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert ckpt["step"] == 3
+    assert any(not torch.equal(first[k], v) for k, v in ckpt["model"].items())
+    net = vdeblur_models.build(model, "tiny")
+    deblur.load_weights(net, tmp_path / "last.pth")
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in ckpt["model"].items())
+
+
+def test_train_rejects_bad_arguments(synthetic: Path, tmp_path: Path):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "dstnet", "--data", str(synthetic), "--out", str(tmp_path),
+                          "--steps", "0"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "dstnet", "--preset", "nope", "--data", str(synthetic),
+                          "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        train.main(["--model", "dstnet", "--preset", "tiny", "--data", str(tmp_path / "none"),
+                    "--out", str(tmp_path)])
