@@ -5,18 +5,23 @@ Each op family adds ``vdeblur_ops/bench/cases/<family>.py`` with ``cases(preset)
 A :class:`Case` builds fresh inputs on a device and runs the public op (so backend choice goes
 through :func:`vdeblur_ops.backend`); the reference is the same call under ``backend("reference")``
 unless the case names other plain-PyTorch baselines too (``baselines``).
+
+:func:`variants` lists what is timed per case: the eager reference, ``torch.compile`` of the same
+reference (``"reference-compiled"``), the case's plain-PyTorch baselines and every backend of the
+op family on the device. :func:`run_case` times them interleaved and reports each against the
+eager reference and against the best baseline (the fastest non-backend variant).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from .timing import Timing, interleaved_times, median_time, peak_memory, synchronize
 
 PRESETS = ("cpu", "gpu", "tiny")
 
@@ -102,57 +107,6 @@ def forward_backward(run: Callable[..., Any], inputs: tuple) -> Callable[[], Non
     return step
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_time(fn: Callable[[], Any], device: torch.device, min_time: float = 0.3,
-                min_repeats: int = 5, max_repeats: int = 200) -> float:
-    """Median seconds per call, after a warm-up call. CUDA is timed with events."""
-    fn()
-    synchronize(device)
-    times: list[float] = []
-    budget_end = time.perf_counter() + min_time
-    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() < budget_end):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak bytes allocated by ``fn`` above what was allocated before it (outputs included).
-
-    CUDA: the caching allocator's peak. CPU: replays the profiler's per-op allocations and frees
-    in time order (memory that kernels allocate outside torch's allocator is not seen).
-    """
-    if device.type == "cuda":
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak
-
-
 def relative_error(out: Any, ref: Any) -> float:
     """max over outputs of ||out - ref|| / ||ref||, computed in float64; NaN anywhere gives inf."""
     worst = 0.0
@@ -165,18 +119,79 @@ def relative_error(out: Any, ref: Any) -> float:
     return worst
 
 
+
+REFERENCE = "reference"
+COMPILED = "reference-compiled"
+
+
+@dataclass
+class Variant:
+    """One way to compute a case: ``kind`` is "reference", "compiled", "baseline" (all plain
+    PyTorch: the baselines our kernels must beat) or "backend" (one of ours)."""
+
+    name: str
+    kind: str
+    fn: Callable[..., Any]
+
+
+def under_backend(case: Case, name: str) -> Callable[..., Any]:
+    """``case.run`` with the dispatcher forced to backend ``name``."""
+    from .. import backend
+
+    def call(*args: Any) -> Any:
+        with backend(name):
+            return case.run(*args)
+    return call
+
+
+def compiled_reference(case: Case) -> Callable[..., Any]:
+    """``torch.compile`` of the case's reference, static shapes (``dynamic=False``). Dynamo traces
+    through the ``backend("reference")`` context into one graph per (dtype, grad mode); call it
+    once per mode before timing so that the compile stays out of the timing."""
+    return torch.compile(under_backend(case, REFERENCE), dynamic=False)
+
+
+def variants(case: Case, device: torch.device, compile: bool = True) -> list[Variant]:
+    """What to time for ``case`` on ``device``: the eager reference, its ``torch.compile``
+    (``compile=True``), the case's baselines, then each available backend of its family."""
+    from .. import available_backends
+
+    found = [Variant(REFERENCE, "reference", under_backend(case, REFERENCE))]
+    if compile:
+        found.append(Variant(COMPILED, "compiled", compiled_reference(case)))
+    found += [Variant(name, "baseline", fn) for name, fn in case.baselines.items()]
+    found += [Variant(name, "backend", under_backend(case, name))
+              for name in available_backends(device).get(case.family, ()) if name != REFERENCE]
+    return found
+
+
 @dataclass
 class Row:
+    """One variant of one case in one mode. ``backend`` is the variant's name (kept under that
+    name for ``benchmarks/gpu_check.py``); ratios come from medians of the same interleaved run."""
+
     op: str
     shape: str
     dtype: str
     backend: str
     mode: str  # "fwd" or "fwd+bwd"
-    seconds: float
-    speedup: float  # reference time / this time, same run
-    rel_error: float | None
+    seconds: float  # median over the rounds
+    speedup: float  # eager reference median / this median
+    rel_error: float | None  # against the float64 reference (forward only)
     peak_bytes: int | None
     bandwidth_gbs: float | None = None
+    kind: str = "backend"
+    min_s: float = float("nan")
+    max_s: float = float("nan")
+    q1_s: float = float("nan")
+    q3_s: float = float("nan")
+    rounds: int = 0
+    vs_best_baseline: float = float("nan")  # best baseline median / this median
+    best_baseline: str = ""
+
+    @property
+    def variant(self) -> str:
+        return self.backend
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -187,70 +202,98 @@ def detached_copy(inputs: tuple) -> tuple:
                  if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _graph_count() -> int:
+    """Graphs dynamo has compiled so far in this process (to catch recompiles in the timing)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, min_time: float = 0.3,
-             progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Time the reference, the baselines and every available backend of ``case``."""
-    from .. import available_backends, backend
+             progress: Callable[[str], None] | None = None, compile: bool = True,
+             min_rounds: int = 5, on_call: Callable[[str, str], None] | None = None) -> list[Row]:
+    """Time every variant of ``case`` (see :func:`variants`), forward and, if the case has
+    inputs that need grad, forward+backward; repeats are interleaved round-robin.
 
+    A variant that raises RuntimeError/ValueError on warm-up (a backend refusing this dtype) is
+    left out with a note to ``progress``. ``on_call(mode, variant)`` sees each timed call.
+    """
     inputs = case.make_inputs(device, dtype)
-    runners: dict[str, Callable[..., Any]] = {}
-
-    def under(name: str) -> Callable[..., Any]:
-        def call(*args: Any) -> Any:
-            with backend(name):
-                return case.run(*args)
-        return call
-
-    runners["reference"] = under("reference")
-    runners.update(case.baselines)
-    fam_backends = available_backends(device).get(case.family, ())
-    for name in fam_backends:
-        if name != "reference":
-            runners[name] = under(name)
+    found = variants(case, device, compile)
+    say = progress or (lambda msg: None)
+    label = f"{case.op} {case.shape} {_dtype_name(dtype)}"
 
     with torch.no_grad():
-        ref64 = runners["reference"](*[t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
-                                       else t for t in inputs])
+        ref64 = found[0].fn(*[t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                              else t for t in inputs])
+    modes = ["fwd"]
+    if case.backward and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+        modes.append("fwd+bwd")
     rows: list[Row] = []
-    ref_times: dict[str, float] = {}
-    for name, fn in runners.items():
-        if progress:
-            progress(f"{case.op} {case.shape} {str(dtype).replace('torch.', '')} {name}")
-        try:
-            with torch.no_grad():
-                out = fn(*inputs)
-                err = relative_error(out, ref64)
-                fwd = lambda: fn(*inputs)  # noqa: E731
-                t = median_time(fwd, device, min_time)
-                mem = peak_memory(fwd, device)
-        except RuntimeError as exc:  # a backend that refuses this dtype, for instance
-            if progress:
-                progress(f"  skipped: {exc}")
-            continue
-        ref_times.setdefault("fwd", t)
-        bw = None
-        if case.bytes_moved is not None:
-            bw = case.bytes_moved(inputs, dtype) / t / 1e9
-        rows.append(Row(case.op, case.shape, str(dtype).replace("torch.", ""), name, "fwd", t,
-                        ref_times["fwd"] / t, err, mem, bw))
-        if case.backward and any(isinstance(t_, torch.Tensor) and t_.requires_grad for t_ in inputs):
-            step = forward_backward(fn, detached_copy(inputs))
-            tb = median_time(step, device, min_time)
-            ref_times.setdefault("fwd+bwd", tb)
-            rows.append(Row(case.op, case.shape, str(dtype).replace("torch.", ""), name, "fwd+bwd",
-                            tb, ref_times["fwd+bwd"] / tb, None, peak_memory(step, device)))
+    for mode in modes:
+        steps: dict[str, Callable[[], Any]] = {}
+        errors: dict[str, float | None] = {}
+        grad_inputs = detached_copy(inputs)
+        for v in found:
+            say(f"{label} {mode} {v.name}{' (compiling)' if v.kind == 'compiled' else ''}")
+            try:
+                if mode == "fwd":
+                    def step(fn: Callable[..., Any] = v.fn) -> None:
+                        with torch.no_grad():
+                            fn(*inputs)
+                    with torch.no_grad():
+                        errors[v.name] = relative_error(v.fn(*inputs), ref64)
+                else:
+                    step = forward_backward(v.fn, grad_inputs)
+                    errors[v.name] = None
+                step()  # warm-up (and, for the compiled reference, the compile)
+                synchronize(device)
+            except (RuntimeError, ValueError) as exc:
+                say(f"  skipped {v.name}: {str(exc).splitlines()[0][:160]}")
+                continue
+            steps[v.name] = step
+        graphs = _graph_count()
+        timings = interleaved_times(steps, device, min_time, min_rounds,
+                                    on_call=None if on_call is None else (lambda n: on_call(mode, n)))
+        if _graph_count() != graphs:
+            say(f"  warning: torch.compile recompiled during the timing of {label} {mode}")
+        kinds = {v.name: v.kind for v in found}
+        plain = {n: t.median for n, t in timings.items() if kinds[n] != "backend"}
+        best = min(plain, key=plain.get)
+        ref_median = timings[REFERENCE].median
+        for name, timing in timings.items():
+            bw = None
+            if mode == "fwd" and case.bytes_moved is not None:
+                bw = case.bytes_moved(inputs, dtype) / timing.median / 1e9
+            (lo, hi), (q1, q3) = timing.spread, timing.iqr
+            rows.append(Row(case.op, case.shape, _dtype_name(dtype), name, mode, timing.median,
+                            ref_median / timing.median, errors[name],
+                            peak_memory(steps[name], device), bw, kind=kinds[name], min_s=lo,
+                            max_s=hi, q1_s=q1, q3_s=q3, rounds=len(timing.times),
+                            vs_best_baseline=plain[best] / timing.median, best_baseline=best))
     return rows
 
 
+COLUMNS = ("op", "shape", "dtype", "mode", "variant", "median ms", "spread ms (min-max)",
+           "x vs reference", "x vs best baseline", "rel err vs f64", "peak MiB", "GB/s")
+
+
+def table_cells(r: Row) -> tuple[str, ...]:
+    """One row of the table, formatted; the best-baseline column names the baseline."""
+    best = f"{r.vs_best_baseline:.2f}x ({r.best_baseline})" if r.best_baseline else ""
+    return (r.op, r.shape, r.dtype, r.mode, r.backend, f"{r.seconds * 1e3:.3f}",
+            f"{r.min_s * 1e3:.3f}-{r.max_s * 1e3:.3f}", f"{r.speedup:.2f}x", best,
+            "" if r.rel_error is None else f"{r.rel_error:.1e}",
+            "" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.1f}",
+            "" if r.bandwidth_gbs is None else f"{r.bandwidth_gbs:.0f}")
+
+
 def format_table(rows: Sequence[Row]) -> str:
-    """A plain-text table of ``rows``."""
-    header = ("op", "shape", "dtype", "backend", "mode", "median ms", "speed-up", "rel err",
-              "peak MiB", "GB/s")
-    lines = [header]
-    for r in rows:
-        lines.append((r.op, r.shape, r.dtype, r.backend, r.mode, f"{r.seconds * 1e3:.3f}",
-                      f"{r.speedup:.2f}x", "" if r.rel_error is None else f"{r.rel_error:.1e}",
-                      "" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.1f}",
-                      "" if r.bandwidth_gbs is None else f"{r.bandwidth_gbs:.0f}"))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+    """A plain-text table of ``rows`` with the :data:`COLUMNS` header."""
+    lines = [COLUMNS, *(table_cells(r) for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)

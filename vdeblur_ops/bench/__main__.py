@@ -1,7 +1,9 @@
 """``vdeblur-bench`` / ``python -m vdeblur_ops.bench``: time every op's backends against its
-reference on this machine's device and print a table (op, shape, dtype, backend, median time,
-speed-up over the reference, relative error, peak memory); write it as JSON, and as a PNG chart
-when matplotlib is installed."""
+reference, ``torch.compile`` of the reference and the plain-PyTorch baselines on this machine's
+device, repeats interleaved round-robin, and print a table (op, shape, dtype, mode, variant,
+median time, spread, speed-up over the reference and over the best baseline, relative error
+against float64, peak memory); write it as JSON, and as a PNG chart when matplotlib is
+installed."""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +33,7 @@ def write_chart(rows: list, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fwd = [r for r in rows if r.mode == "fwd" and r.backend != "reference"]
+    fwd = [r for r in rows if r.mode == "fwd" and r.kind == "backend"]
     if not fwd:
         return False
     labels = [f"{r.op}\n{r.shape} {r.dtype}\n{r.backend}" for r in fwd]
@@ -54,11 +56,19 @@ def main(argv: list[str] | None = None) -> int:
                              "default follows --device")
     parser.add_argument("--ops", default=None,
                         help="comma-separated op families and models, e.g. haar,dstnet (default: all)")
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds to time each variant")
+    parser.add_argument("--min-time", type=float, default=0.3,
+                        help="about how many seconds each variant runs in total (sets the rounds)")
+    parser.add_argument("--min-rounds", type=int, default=5, help="fewest interleaved rounds")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out torch.compile(reference) (its first compile takes ~20 s "
+                             "per graph on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--output", default="bench-results", help="folder for the JSON and PNG")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
     families = args.ops.split(",") if args.ops else None
     cases = all_cases(preset, families)
@@ -70,17 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     for i, (case, dtype) in enumerate(jobs, 1):
         def progress(msg: str, i: int = i) -> None:
             print(f"[{i}/{len(jobs)} {time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-        rows.extend(run_case(case, device, dtype, args.min_time, progress))
+        rows.extend(run_case(case, device, dtype, args.min_time, progress,
+                             compile=not args.no_compile, min_rounds=args.min_rounds))
     print(format_table(rows))
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     record = {"device": device_name(device), "torch": torch.__version__, "preset": preset,
+              "date": time.strftime("%Y-%m-%d"), "compile": not args.no_compile,
               "rows": [r.as_dict() for r in rows]}
     json_path = out / f"bench-{device.type}-{stamp}.json"
     json_path.write_text(json.dumps(record, indent=1))
-    print(f"\nwrote {json_path}", file=sys.stderr)
+    print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s; wrote {json_path}",
+          file=sys.stderr)
     png = out / f"bench-{device.type}-{stamp}.png"
     if write_chart(rows, png):
         print(f"wrote {png}", file=sys.stderr)
