@@ -5,6 +5,8 @@ float32; filters are read through their strides (stride 0 where expanded) and, w
 filter_scale f > 1, through the bilinear upsampling (align_corners=False), never materialised.
 
 * forward: one program per (n, c, block of output pixels).
+* Every grid is one axis (planes x pixel blocks, see :func:`launch_grid`): a second axis of pixel
+  blocks would pass CUDA's 65535 limit above 16.7 MP per plane (a 4K frame at x4 is 133 MP).
 * grad_input: a gather; each input pixel sums the (output pixel, tap) pairs that read it.
 * grad_weight, f == 1: per-pixel dot products over the group's channels.
 * grad_weight, f > 1: two gathers through the upsampling's adjoint: first the vertical one into an
@@ -17,7 +19,31 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_guard
+
 BLOCK = 256
+_MAX_GRID_X = 2**31 - 1  # CUDA's limit on grid axis 0 (axes 1 and 2: 65535)
+
+
+def launch_grid(planes: int, pixels: int) -> tuple[int]:
+    """Grid of a kernel with one program per (plane, block of BLOCK pixels), folded into axis 0
+    (plane-major); the kernel splits it back with :func:`_program`. Programs number about
+    numel / BLOCK, so 2^31 - 1 is only passed by tensors of more than 5e11 elements."""
+    programs = planes * triton.cdiv(pixels, BLOCK)
+    if programs > _MAX_GRID_X:
+        raise RuntimeError(f"dynamic_filter: {planes} planes of {pixels} pixels need {programs} "
+                           f"programs, more than CUDA's grid limit {_MAX_GRID_X}")
+    return (programs,)
+
+
+@triton.jit
+def _program(PIXELS, BLOCK: tl.constexpr):
+    """(plane as int64, int32 pixel offsets of this program's block) from the launch_grid axis."""
+    pid = tl.program_id(0).to(tl.int64)
+    blocks = (PIXELS + BLOCK - 1) // BLOCK
+    plane = pid // blocks
+    block = (pid - plane * blocks).to(tl.int32)  # < 2^31 / BLOCK: pixels per plane are int32
+    return plane, block * BLOCK + tl.arange(0, BLOCK)
 
 
 @triton.jit
@@ -51,10 +77,9 @@ def _filter(wt, oy, ox, sy, sx, ok, inv, hl, wl, SCALED: tl.constexpr):
 def _forward_kernel(x_ptr, w_ptr, out_ptr, C, H, W, Ho, Wo, Cg, hl, wl, sn, sg, st, sy, sx,
                     stride, pad, dil, inv, K: tl.constexpr, SCALED: tl.constexpr,
                     BLOCK: tl.constexpr):
-    plane = tl.program_id(0).to(tl.int64)  # n * C + c
+    plane, offs = _program(Ho * Wo, BLOCK)  # plane n * C + c
     n = plane // C
     g = (plane % C) // Cg
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < Ho * Wo
     oy = offs // Wo
     ox = offs % Wo
@@ -77,10 +102,9 @@ def _forward_kernel(x_ptr, w_ptr, out_ptr, C, H, W, Ho, Wo, Cg, hl, wl, sn, sg, 
 def _grad_input_kernel(go_ptr, w_ptr, gx_ptr, C, H, W, Ho, Wo, Cg, hl, wl, sn, sg, st, sy, sx,
                        stride, pad, dil, inv, K: tl.constexpr, SCALED: tl.constexpr,
                        BLOCK: tl.constexpr):
-    plane = tl.program_id(0).to(tl.int64)
+    plane, offs = _program(H * W, BLOCK)
     n = plane // C
     g = (plane % C) // Cg
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < H * W
     iy = offs // W
     ix = offs % W
@@ -120,11 +144,10 @@ def _tap_dot(go_ptr, x_ptr, n, g, C, Cg, H, W, Ho, Wo, oy, ox, iy, ix, ok):
 @triton.jit
 def _grad_weight_kernel(go_ptr, x_ptr, gw_ptr, G, C, H, W, Ho, Wo, Cg, stride, pad, dil,
                         K: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)  # (n * G + g) * K*K + tap
+    pid, offs = _program(Ho * Wo, BLOCK)  # plane (n * G + g) * K*K + tap
     t = pid % (K * K)
     g = (pid // (K * K)) % G
     n = pid // (K * K * G)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < Ho * Wo
     oy = offs // Wo
     ox = offs % Wo
@@ -140,11 +163,10 @@ def _grad_weight_rows_kernel(go_ptr, x_ptr, v_ptr, G, C, H, W, Ho, Wo, Cg, hl, f
                              pad, dil, K: tl.constexpr, BLOCK: tl.constexpr):
     """v[n, g, t, q, ox] = sum_y a(y, q) * gfull[y, ox]: the vertical adjoint of the upsampling,
     with a(y, q) the weight output row y gives low-resolution row q (rows y in [(q-1)f, (q+2)f))."""
-    pid = tl.program_id(0).to(tl.int64)
+    pid, offs = _program(hl * Wo, BLOCK)
     t = pid % (K * K)
     g = (pid // (K * K)) % G
     n = pid // (K * K * G)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < hl * Wo
     q = offs // Wo
     ox = offs % Wo
@@ -167,8 +189,7 @@ def _grad_weight_rows_kernel(go_ptr, x_ptr, v_ptr, G, C, H, W, Ho, Wo, Cg, hl, f
 @triton.jit
 def _grad_weight_cols_kernel(v_ptr, gw_ptr, Wo, hl, wl, f, inv, BLOCK: tl.constexpr):
     """gw[n, g, t, q, k] = sum_x a(x, k) * v[q, x]: the horizontal adjoint of the upsampling."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    pid, offs = _program(hl * wl, BLOCK)
     valid = offs < hl * wl
     q = offs // wl
     k = offs % wl
@@ -198,10 +219,10 @@ def forward(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int
     ho = _out_size(h, kernel_size, stride, padding, dilation)
     wo = _out_size(w, kernel_size, stride, padding, dilation)
     out = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype)
-    grid = (n * c, triton.cdiv(ho * wo, BLOCK))
-    _forward_kernel[grid](x, weight, out, c, h, w, ho, wo, c // g, hl, wl, *weight.stride(), stride,
-                          padding, dilation, 1.0 / filter_scale, K=kernel_size,
-                          SCALED=filter_scale > 1, BLOCK=BLOCK)
+    with device_guard(x):
+        _forward_kernel[launch_grid(n * c, ho * wo)](
+            x, weight, out, c, h, w, ho, wo, c // g, hl, wl, *weight.stride(), stride, padding,
+            dilation, 1.0 / filter_scale, K=kernel_size, SCALED=filter_scale > 1, BLOCK=BLOCK)
     return out
 
 
@@ -214,10 +235,11 @@ def grad_input(grad_out: torch.Tensor, weight: torch.Tensor, kernel_size: int, s
     h, w = int(input_size[0]), int(input_size[1])
     g, hl, wl = weight.shape[1], weight.shape[3], weight.shape[4]
     gx = torch.empty((n, c, h, w), device=grad_out.device, dtype=grad_out.dtype)
-    grid = (n * c, triton.cdiv(h * w, BLOCK))
-    _grad_input_kernel[grid](grad_out, weight, gx, c, h, w, ho, wo, c // g, hl, wl,
-                             *weight.stride(), stride, padding, dilation, 1.0 / filter_scale,
-                             K=kernel_size, SCALED=filter_scale > 1, BLOCK=BLOCK)
+    with device_guard(grad_out):
+        _grad_input_kernel[launch_grid(n * c, h * w)](
+            grad_out, weight, gx, c, h, w, ho, wo, c // g, hl, wl, *weight.stride(), stride,
+            padding, dilation, 1.0 / filter_scale, K=kernel_size, SCALED=filter_scale > 1,
+            BLOCK=BLOCK)
     return gx
 
 
@@ -230,15 +252,18 @@ def grad_weight(grad_out: torch.Tensor, x: torch.Tensor, groups: int, kernel_siz
     kk, f = kernel_size * kernel_size, filter_scale
     hl, wl = ho // f, wo // f
     gw = torch.empty((n, groups, kk, hl, wl), device=x.device, dtype=x.dtype)
+    planes = n * groups * kk
     if f == 1:
-        grid = (n * groups * kk, triton.cdiv(ho * wo, BLOCK))
-        _grad_weight_kernel[grid](grad_out, x, gw, groups, c, h, w, ho, wo, c // groups, stride,
-                                  padding, dilation, K=kernel_size, BLOCK=BLOCK)
+        with device_guard(x):
+            _grad_weight_kernel[launch_grid(planes, ho * wo)](
+                grad_out, x, gw, groups, c, h, w, ho, wo, c // groups, stride, padding, dilation,
+                K=kernel_size, BLOCK=BLOCK)
         return gw
     rows = torch.empty((n, groups, kk, hl, wo), device=x.device, dtype=torch.float32)
-    grid = (n * groups * kk, triton.cdiv(hl * wo, BLOCK))
-    _grad_weight_rows_kernel[grid](grad_out, x, rows, groups, c, h, w, ho, wo, c // groups, hl, f,
-                                   1.0 / f, stride, padding, dilation, K=kernel_size, BLOCK=BLOCK)
-    grid = (n * groups * kk, triton.cdiv(hl * wl, BLOCK))
-    _grad_weight_cols_kernel[grid](rows, gw, wo, hl, wl, f, 1.0 / f, BLOCK=BLOCK)
+    with device_guard(x):
+        _grad_weight_rows_kernel[launch_grid(planes, hl * wo)](
+            grad_out, x, rows, groups, c, h, w, ho, wo, c // groups, hl, f, 1.0 / f, stride,
+            padding, dilation, K=kernel_size, BLOCK=BLOCK)
+        _grad_weight_cols_kernel[launch_grid(planes, hl * wl)](
+            rows, gw, wo, hl, wl, f, 1.0 / f, BLOCK=BLOCK)
     return gw
