@@ -1,6 +1,12 @@
-"""pytest-benchmark suite: every op's backends beside its reference (``pytest benchmarks/
---benchmark-only``). Cases come from ``vdeblur_ops.bench.cases``; the preset follows the device
-(``VDEBLUR_BENCH_PRESET`` overrides: ``cpu``, ``gpu`` or ``tiny``)."""
+"""pytest-benchmark suite: the same variants as ``vdeblur-bench`` (``pytest benchmarks/
+--benchmark-only``): the eager reference, ``torch.compile`` of the reference, the case's
+plain-PyTorch baselines and every backend of the op family, one benchmark group per case, dtype
+and mode so that the report compares them. Cases come from ``vdeblur_ops.bench``; the preset
+follows the device (``VDEBLUR_BENCH_PRESET`` overrides: ``cpu``, ``gpu`` or ``tiny``);
+``VDEBLUR_BENCH_NO_COMPILE=1`` leaves out the compiled reference (~20 s per graph on CPU).
+
+pytest-benchmark runs one benchmark after another, so these repeats are not interleaved: for
+ratios on a noisy machine use ``vdeblur-bench``, which interleaves them."""
 from __future__ import annotations
 
 import os
@@ -8,38 +14,45 @@ import os
 import pytest
 import torch
 
-import vdeblur_ops
-from vdeblur_ops.bench import all_cases, detached_copy, forward_backward, synchronize
+from vdeblur_ops.bench import all_cases, detached_copy, forward_backward, synchronize, variants
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PRESET = os.environ.get("VDEBLUR_BENCH_PRESET", "gpu" if DEVICE.type == "cuda" else "cpu")
+COMPILE = os.environ.get("VDEBLUR_BENCH_NO_COMPILE", "") in ("", "0")
+
+# (case id, variant name) -> callable, so that a case's torch.compile is built once and its
+# graphs are reused across the benchmarks of that case
+_VARIANTS: dict[tuple[int, str], object] = {}
 
 
 def family_params(name: str) -> list:
-    """(case, dtype, backend, mode) params for one op family or model, reference and baselines
-    included; the backends timed are those of the case's op family."""
+    """(case, dtype, variant, mode) params for one op family or model."""
     params = []
     for case in all_cases(PRESET, [name]):
-        names = ["reference", *case.baselines]
-        names += [b for b in vdeblur_ops.available_backends(DEVICE).get(case.family, ()) if b != "reference"]
+        names = [v.name for v in variants(case, DEVICE, compile=False)]
+        if COMPILE:
+            names.insert(1, "reference-compiled")
         modes = ("fwd", "fwd+bwd") if case.backward else ("fwd",)
         for dtype in case.dtypes:
             d = str(dtype).replace("torch.", "")
-            for name in names:
+            for variant in names:
                 for mode in modes:
-                    params.append(pytest.param(case, dtype, name, mode,
-                                               id=f"{case.op}-{case.shape}-{d}-{name}-{mode}".replace(" ", "_")))
+                    params.append(pytest.param(case, dtype, variant, mode,
+                                               id=f"{case.op}-{case.shape}-{d}-{variant}-{mode}".replace(" ", "_")))
     return params
+
+
+def _variant_fn(case, name: str):
+    key = (id(case), name)
+    if key not in _VARIANTS:
+        for v in variants(case, DEVICE, compile=name == "reference-compiled"):
+            _VARIANTS[(id(case), v.name)] = v.fn
+    return _VARIANTS[key]
 
 
 def run_benchmark(benchmark, case, dtype, backend_name, mode) -> None:
     inputs = case.make_inputs(DEVICE, dtype)
-    if backend_name in case.baselines:
-        fn = case.baselines[backend_name]
-    else:
-        def fn(*args):
-            with vdeblur_ops.backend(backend_name):
-                return case.run(*args)
+    fn = _variant_fn(case, backend_name)
     benchmark.group = f"{case.op} {case.shape} {dtype} {mode}"
     if mode == "fwd":
         def step():
@@ -52,4 +65,8 @@ def run_benchmark(benchmark, case, dtype, backend_name, mode) -> None:
         def step():
             inner()
             synchronize(DEVICE)
+    try:
+        step()  # warm-up outside the timing: the compiled reference compiles here
+    except (RuntimeError, ValueError) as exc:  # a backend refusing this dtype, for instance
+        pytest.skip(f"{backend_name} cannot run this case: {str(exc).splitlines()[0][:160]}")
     benchmark(step)

@@ -1,5 +1,4 @@
-"""temporal_attention: each backend beside the plain-PyTorch reference (and, on a GPU, beside
-torch.compile of the reference)."""
+"""temporal_attention: each backend beside the plain-PyTorch reference and torch.compile of it."""
 import pytest
 
 from conftest import family_params, run_benchmark
