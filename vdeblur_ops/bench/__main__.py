@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     for i, (case, dtype) in enumerate(jobs, 1):
         def progress(msg: str, i: int = i) -> None:
             print(f"[{i}/{len(jobs)} {time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-        rows.extend(run_case(case, device, dtype, args.min_time, progress,
-                             compile=not args.no_compile, min_rounds=args.min_rounds))
+        done = run_case(case, device, dtype, args.min_time, progress,
+                        compile=not args.no_compile, min_rounds=args.min_rounds)
+        if done:  # each problem's rows as they come, so that a run cut short keeps them
+            print(format_table(done), file=sys.stderr, flush=True)
+        rows.extend(done)
     print(format_table(rows))
 
     out = Path(args.output)
