@@ -14,7 +14,8 @@ import os
 import pytest
 import torch
 
-from vdeblur_ops.bench import all_cases, detached_copy, forward_backward, synchronize, variants
+from vdeblur_ops.bench import (all_cases, detached_copy, first_line, forward_backward, synchronize,
+                               variants)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PRESET = os.environ.get("VDEBLUR_BENCH_PRESET", "gpu" if DEVICE.type == "cuda" else "cpu")
@@ -68,5 +69,5 @@ def run_benchmark(benchmark, case, dtype, backend_name, mode) -> None:
     try:
         step()  # warm-up outside the timing: the compiled reference compiles here
     except (RuntimeError, ValueError) as exc:  # a backend refusing this dtype, for instance
-        pytest.skip(f"{backend_name} cannot run this case: {str(exc).splitlines()[0][:160]}")
+        pytest.skip(f"{backend_name} cannot run this case: {first_line(exc)}")
     benchmark(step)

@@ -206,6 +206,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters."""
+    lines = str(exc).splitlines()
+    return lines[0][:limit] if lines else ""
+
+
 def _graph_count() -> int:
     """Graphs dynamo has compiled so far in this process (to catch recompiles in the timing)."""
     from torch._dynamo.utils import counters
@@ -219,8 +225,8 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, min_time: flo
     """Time every variant of ``case`` (see :func:`variants`), forward and, if the case has
     inputs that need grad, forward+backward; repeats are interleaved round-robin.
 
-    A variant that raises RuntimeError/ValueError on warm-up (a backend refusing this dtype) is
-    left out with a note to ``progress``. ``on_call(mode, variant)`` sees each timed call.
+    A variant that raises RuntimeError/ValueError on warm-up (a backend refusing this dtype), or
+    a compiled reference that fails to compile, is left out with a note to ``progress``. ``on_call(mode, variant)`` sees each timed call.
     """
     inputs = case.make_inputs(device, dtype)
     found = variants(case, device, compile)
@@ -252,8 +258,11 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, min_time: flo
                     errors[v.name] = None
                 step()  # warm-up (and, for the compiled reference, the compile)
                 synchronize(device)
-            except (RuntimeError, ValueError) as exc:
-                say(f"  skipped {v.name}: {str(exc).splitlines()[0][:160]}")
+            except Exception as exc:  # noqa: BLE001 - narrowed just below
+                # a backend refusing this dtype; for the compiled reference, any compile failure
+                if v.kind != "compiled" and not isinstance(exc, (RuntimeError, ValueError)):
+                    raise
+                say(f"  skipped {v.name}: {type(exc).__name__}: {first_line(exc)}")
                 continue
             steps[v.name] = step
         graphs = _graph_count()
