@@ -2,6 +2,11 @@
 
     python -m vdeblur_models.deblur --model dstnet --weights W.pth --input FRAMES_DIR \\
         --output OUT_DIR [--preset paper] [--device cuda] [--chunk 30] [--overlap 2]
+    python -m vdeblur_models.deblur ... --input blurry.mp4 --output sharp.mp4 [--gt GT_DIR]
+
+Video files (mp4, mkv, mov, avi, webm; PyAV) may replace either folder; a video output keeps
+the input video's frame rate (``--fps`` for frame folders). With ``--gt`` (frames or video) it
+prints the mean PSNR / SSIM of the saved 8-bit frames against the ground truth.
 
 Reads the PNG / JPEG frames of ``--input`` in name order (numbers inside names compare as
 numbers, so ``frame9`` comes before ``frame10``), runs the model over the sequence in
@@ -33,6 +38,7 @@ import numpy as np
 import torch
 
 import vdeblur_models
+from vdeblur_models import metrics, video_io
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_CHUNK = {"cuda": 30, "cpu": 8}  # the authors test DSTNet on 30-frame clips
@@ -276,8 +282,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, choices=sorted(models), help="network name")
     parser.add_argument("--weights", type=Path, default=None,
                         help="checkpoint: the authors' release or our state_dict (.pth)")
-    parser.add_argument("--input", required=True, type=Path, help="directory of PNG/JPEG frames")
-    parser.add_argument("--output", required=True, type=Path, help="directory for the results")
+    parser.add_argument("--input", required=True, type=Path,
+                        help="directory of PNG/JPEG frames, or a video file (mp4, mkv, mov, avi, webm)")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="directory for the result frames, or a video file (same suffixes)")
+    parser.add_argument("--gt", type=Path, default=None,
+                        help="ground-truth sharp frames (directory or video): report PSNR / SSIM")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate of a video --output (default: the input video's, else 30)")
+    parser.add_argument("--crf", type=int, default=18, help="video --output quality (lower: better)")
     parser.add_argument("--preset", default="paper",
                         help="model preset; " + "; ".join(f"{m}: {', '.join(p)}"
                                                           for m, p in models.items()))
@@ -294,17 +307,52 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--chunk must be at least 1")
     if args.overlap < 0:
         parser.error("--overlap must be >= 0")
+    if args.fps is not None and args.fps <= 0:
+        parser.error("--fps must be positive")
     return args
+
+
+def open_frames(path: Path, keep: int, what: str):
+    """(frames, per-frame output names or None, fps or None) of a frame folder or a video."""
+    if video_io.is_video(path) and not path.is_dir():
+        try:
+            video = video_io.VideoFrames(path, keep=keep)
+        except ValueError as err:
+            raise SystemExit(f"{what}: {err}") from None
+        return video, None, video.fps
+    paths = list_frames(path) if what == "--input" else _gt_frames(path)
+    return LazyFrames(paths, keep=keep), [p.name for p in paths], None
+
+
+def _gt_frames(path: Path) -> list[Path]:
+    try:
+        return list_frames(path)
+    except SystemExit:
+        raise SystemExit(f"--gt {path} is not a directory of PNG/JPEG frames nor a video") from None
+
+
+def frames_size(frames) -> tuple[int, int]:
+    """(width, height) of every frame of ``frames`` (must all agree)."""
+    if isinstance(frames, video_io.VideoFrames):
+        return frames.size
+    sizes = {frame_size(p) for p in frames.paths}
+    if len(sizes) != 1:
+        raise SystemExit(f"all frames must have one size (width, height); found {sorted(sizes)}")
+    return sizes.pop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    paths = list_frames(args.input)
-    sizes = {frame_size(p) for p in paths}
-    if len(sizes) != 1:
-        raise SystemExit(f"all frames must have one size (width, height); found {sorted(sizes)}")
-    (width, height), = sizes
+    chunk = args.chunk or DEFAULT_CHUNK.get(device.type, 8)
+    frames, names, in_fps = open_frames(args.input, 2 * chunk, "--input")
+    width, height = frames_size(frames)
+    gt = None
+    if args.gt is not None:
+        gt, _, _ = open_frames(args.gt, 2 * chunk, "--gt")
+        if len(gt) != len(frames) or frames_size(gt) != (width, height):
+            raise SystemExit(f"--gt has {len(gt)} frames of {frames_size(gt)}; --input has "
+                             f"{len(frames)} of {(width, height)}")
 
     try:
         model = vdeblur_models.build(args.model, preset=args.preset)
@@ -321,17 +369,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"--weights {args.weights}: {err}") from None
     model = model.to(device).eval()
 
-    args.output.mkdir(parents=True, exist_ok=True)
-    chunk = args.chunk or DEFAULT_CHUNK.get(device.type, 8)
-    frames = LazyFrames(paths, keep=2 * chunk)
+    writer = None
+    if video_io.is_video(args.output):
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        writer = video_io.VideoWriter(args.output, args.fps or in_fps or 30, width, height, args.crf)
+    else:
+        args.output.mkdir(parents=True, exist_ok=True)
     print(f"{args.model} ({args.preset}) on {device}: {len(frames)} frames of "
           f"{width}x{height}, chunks of {chunk}, overlap {args.overlap}", file=sys.stderr)
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
 
     def sink(i: int, frame: torch.Tensor) -> None:
-        write_frame(frame, args.output / paths[i].name)
+        if gt is not None:
+            out = frame.float().clamp(0, 1).mul(255).round().div(255)  # score what is saved
+            scores["psnr"].append(metrics.psnr(out, gt[i]).item())
+            scores["ssim"].append(metrics.ssim(out, gt[i]).item())
+        if writer is not None:
+            writer.write(frame)
+        else:
+            write_frame(frame, args.output / (names[i] if names else f"{i:06d}.png"))
 
-    deblur_sequence(model, frames, chunk, args.overlap, device, sink, Progress(len(frames)))
+    try:
+        deblur_sequence(model, frames, chunk, args.overlap, device, sink, Progress(len(frames)))
+    finally:
+        if writer is not None:
+            writer.close()
     print(f"wrote {len(frames)} frames to {args.output}", file=sys.stderr)
+    if gt is not None:
+        print(f"PSNR {metrics.mean_finite(scores['psnr']):.3f} dB, "
+              f"SSIM {sum(scores['ssim']) / len(scores['ssim']):.4f} over {len(frames)} frames "
+              f"against {args.gt}")
     return 0
 
 
