@@ -11,6 +11,10 @@ while streaming over memory tiles (a tile's best scores replace the list's worst
 better), then a softmax over the k; a second kernel gathers the k value columns per query.
 Top-k, backward: gathers and atomic scatters through the kept (weight, index) pairs.
 
+Offsets: the batch index (program axis 1) and every channel index vector are int64 before they
+multiply a stride, so tensors past 2^31 elements do not wrap; positions inside one row (query,
+memory) stay int32.
+
 "l2" is S = 2*scale*(k.q) - scale*|k|^2: the dot product plus the extra |k|^2 channel, applied
 per memory row. Accumulation is float32; bfloat16 / float16 operands feed tl.dot directly.
 """
@@ -20,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import TRITON_INTERPRETING
+from . import TRITON_INTERPRETING, device_guard
 
 
 _BLOCK_Q = 64
@@ -81,7 +85,7 @@ def _dot(a, b, PREC: tl.constexpr):
 @triton.jit
 def _load_q(q_ptr, n, q0, CK, NQ, sqn, sqc, CK_P: tl.constexpr, BQ: tl.constexpr):
     """Query tile (CK_P, BQ), zero-padded."""
-    c = tl.arange(0, CK_P)
+    c = tl.arange(0, CK_P).to(tl.int64)
     qi = q0 + tl.arange(0, BQ)
     return tl.load(q_ptr + n * sqn + c[:, None] * sqc + qi[None, :],
                    mask=(c[:, None] < CK) & (qi[None, :] < NQ), other=0.0)
@@ -92,7 +96,7 @@ def _scores(q, k_ptr, n, m0, CK, NM, skn, skc, ds, ns,
             L2: tl.constexpr, CK_P: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
     """S tile (BM, BQ) of query tile q (CK_P, BQ) against memory rows m0..; rows past NM are
     -inf."""
-    c = tl.arange(0, CK_P)
+    c = tl.arange(0, CK_P).to(tl.int64)
     mi = m0 + tl.arange(0, BM)
     k = tl.load(k_ptr + n * skn + c[:, None] * skc + mi[None, :],
                 mask=(c[:, None] < CK) & (mi[None, :] < NM), other=0.0)
@@ -109,9 +113,9 @@ def _full_fwd_kernel(q_ptr, k_ptr, v0_ptr, v1_ptr, o0_ptr, o1_ptr, lse_ptr,
                      TWO: tl.constexpr, WRITE_LSE: tl.constexpr, L2: tl.constexpr,
                      CK_P: tl.constexpr, CVB: tl.constexpr, BQ: tl.constexpr, BM: tl.constexpr,
                      PREC: tl.constexpr):
-    pid_q, n, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_q, n, cb = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     q0 = pid_q * BQ
-    cv = cb * CVB + tl.arange(0, CVB)
+    cv = (cb * CVB + tl.arange(0, CVB)).to(tl.int64)
     m_i = tl.full((BQ,), float("-inf"), tl.float32)
     l_i = tl.zeros((BQ,), tl.float32)
     acc0 = tl.zeros((CVB, BQ), tl.float32)
@@ -170,13 +174,15 @@ def forward(query_key: torch.Tensor, memory_key: torch.Tensor, values: list[torc
     outs = [torch.empty((n, v.shape[1], nq), device=q.device, dtype=q.dtype) for v in vals]
     if top_k == 0:
         lse = torch.empty((n, nq), device=q.device, dtype=torch.float32)
-        _full_forward(q, k, vals, outs, lse, l2, scale)
+        with device_guard(q):
+            _full_forward(q, k, vals, outs, lse, l2, scale)
         return outs + [lse, torch.empty((0,), device=q.device, dtype=torch.int64)]
     kk = min(top_k, nm)
     weight = torch.empty((n, kk, nq), device=q.device, dtype=torch.float32)
     index = torch.empty((n, kk, nq), device=q.device, dtype=torch.int64)
-    _topk_select(q, k, weight, index, l2, scale)
-    _topk_gather(vals, weight, index, outs)
+    with device_guard(q):
+        _topk_select(q, k, weight, index, l2, scale)
+        _topk_gather(vals, weight, index, outs)
     return outs + [weight, index]
 
 
@@ -204,7 +210,7 @@ def _full_forward(q, k, vals, outs, lse, l2, scale):
 def _topk_select_kernel(q_ptr, k_ptr, w_ptr, i_ptr, CK, NQ, NM, K, sqn, sqc, skn, skc, ds, ns,
                         L2: tl.constexpr, CK_P: tl.constexpr, K_P: tl.constexpr,
                         BQ: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
-    pid_q, n = tl.program_id(0), tl.program_id(1)
+    pid_q, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
     q0 = pid_q * BQ
     slot = tl.arange(0, K_P)
     # Each query's k best so far; slots past k hold +inf so that they are never the worst.
@@ -233,7 +239,7 @@ def _topk_select_kernel(q_ptr, k_ptr, w_ptr, i_ptr, CK, NQ, NM, K, sqn, sqc, skn
     e = tl.where(valid, tl.exp(best - top[:, None]), 0.0)
     w = e / tl.sum(e, axis=1)[:, None]
     qi = q0 + tl.arange(0, BQ)
-    offs = n * K * NQ + slot[None, :] * NQ + qi[:, None]
+    offs = (n * K + slot[None, :]) * NQ + qi[:, None]
     mask = valid & (qi[:, None] < NQ)
     tl.store(w_ptr + offs, w, mask=mask)
     tl.store(i_ptr + offs, best_i.to(tl.int64), mask=mask)
@@ -254,14 +260,14 @@ def _topk_select(q, k, weight, index, l2, scale):
 def _gather_kernel(v_ptr, w_ptr, i_ptr, o_ptr, CV, NQ, K, svn, svc,
                    CVB: tl.constexpr, BQ: tl.constexpr):
     """out[n, c, q] = sum_t w[n, t, q] v[n, c, idx[n, t, q]] for one (query, channel) block."""
-    pid_q, n, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_q, n, cb = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     qi = pid_q * BQ + tl.arange(0, BQ)
-    cv = cb * CVB + tl.arange(0, CVB)
+    cv = (cb * CVB + tl.arange(0, CVB)).to(tl.int64)
     qm = qi < NQ
     acc = tl.zeros((CVB, BQ), tl.float32)
     for t in range(0, K):
-        w = tl.load(w_ptr + n * K * NQ + t * NQ + qi, mask=qm, other=0.0)
-        idx = tl.load(i_ptr + n * K * NQ + t * NQ + qi, mask=qm, other=0)
+        w = tl.load(w_ptr + (n * K + t) * NQ + qi, mask=qm, other=0.0)
+        idx = tl.load(i_ptr + (n * K + t) * NQ + qi, mask=qm, other=0)
         v = tl.load(v_ptr + n * svn + cv[:, None] * svc + idx[None, :],
                     mask=(cv[:, None] < CV) & qm[None, :], other=0.0)
         acc += v.to(tl.float32) * w[None, :]
@@ -288,7 +294,7 @@ def _dp_tile(v_ptr, g_ptr, n, q0, m0, CV, NQ, NM, svn, svc, dp,
     qi = q0 + tl.arange(0, BQ)
     mi = m0 + tl.arange(0, BM)
     for c0 in range(0, CV, CVB):
-        cv = c0 + tl.arange(0, CVB)
+        cv = (c0 + tl.arange(0, CVB)).to(tl.int64)
         v = tl.load(v_ptr + n * svn + cv[:, None] * svc + mi[None, :],
                     mask=(cv[:, None] < CV) & (mi[None, :] < NM), other=0.0)
         g = tl.load(g_ptr + n * CV * NQ + cv[:, None] * NQ + qi[None, :],
@@ -304,8 +310,8 @@ def _full_bwd_dkdq_kernel(q_ptr, k_ptr, v0_ptr, v1_ptr, g0_ptr, g1_ptr, lse_ptr,
                           CK_P: tl.constexpr, CVB: tl.constexpr, BQ: tl.constexpr,
                           BM: tl.constexpr, PREC: tl.constexpr):
     """FOR_KEYS: one program per memory tile writes dK (CK, BM); else one per query block, dQ."""
-    pid, n = tl.program_id(0), tl.program_id(1)
-    c = tl.arange(0, CK_P)
+    pid, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    c = tl.arange(0, CK_P).to(tl.int64)
     if FOR_KEYS:
         m0 = pid * BM
         mi = m0 + tl.arange(0, BM)
@@ -361,10 +367,10 @@ def _full_bwd_dv_kernel(q_ptr, k_ptr, g_ptr, lse_ptr, dv_ptr, CK, NQ, NM, CV,
                         sqn, sqc, skn, skc, ds, ns, L2: tl.constexpr, CK_P: tl.constexpr,
                         CVB: tl.constexpr, BQ: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
     """dV[:, m-tile] = sum over query blocks of dO P^T, for one channel block of one value."""
-    pid_m, n, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, n, cb = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     m0 = pid_m * BM
     mi = m0 + tl.arange(0, BM)
-    cv = cb * CVB + tl.arange(0, CVB)
+    cv = (cb * CVB + tl.arange(0, CVB)).to(tl.int64)
     acc = tl.zeros((CVB, BM), tl.float32)
     for q0 in range(0, NQ, BQ):
         qi = q0 + tl.arange(0, BQ)
@@ -383,19 +389,19 @@ def _full_bwd_dv_kernel(q_ptr, k_ptr, g_ptr, lse_ptr, dv_ptr, CK, NQ, NM, CV,
 def _topk_dw_kernel(v_ptr, g_ptr, w_ptr, i_ptr, dw_ptr, CV, NQ, K, svn, svc,
                     CVB: tl.constexpr, BQ: tl.constexpr):
     """dw[n, t, q] += sum_c v[n, c, idx[n, t, q]] dO[n, c, q] (one value tensor)."""
-    pid_q, n = tl.program_id(0), tl.program_id(1)
+    pid_q, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
     qi = pid_q * BQ + tl.arange(0, BQ)
     qm = qi < NQ
     for t in range(0, K):
-        idx = tl.load(i_ptr + n * K * NQ + t * NQ + qi, mask=qm, other=0)
+        idx = tl.load(i_ptr + (n * K + t) * NQ + qi, mask=qm, other=0)
         acc = tl.zeros((BQ,), tl.float32)
         for c0 in range(0, CV, CVB):
-            cv = c0 + tl.arange(0, CVB)
+            cv = (c0 + tl.arange(0, CVB)).to(tl.int64)
             m = (cv[:, None] < CV) & qm[None, :]
             v = tl.load(v_ptr + n * svn + cv[:, None] * svc + idx[None, :], mask=m, other=0.0)
             g = tl.load(g_ptr + n * CV * NQ + cv[:, None] * NQ + qi[None, :], mask=m, other=0.0)
             acc += tl.sum(v.to(tl.float32) * g.to(tl.float32), axis=0)
-        dst = dw_ptr + n * K * NQ + t * NQ + qi
+        dst = dw_ptr + (n * K + t) * NQ + qi
         tl.store(dst, tl.load(dst, mask=qm, other=0.0) + acc, mask=qm)
 
 
@@ -404,16 +410,16 @@ def _topk_scatter_kernel(src_ptr, w_ptr, i_ptr, dst_ptr, gather_ptr, gout_ptr, C
                          ssn, ssc, sgn, sgc, CB: tl.constexpr, BQ: tl.constexpr):
     """For each kept (t, q): dst[n, :, idx] += w[t, q] src[n, :, q] (atomic), and
     gout[n, :, q] += w[t, q] gather[n, :, idx] when gather_ptr is given (C channels both)."""
-    pid_q, n, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_q, n, cb = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     qi = pid_q * BQ + tl.arange(0, BQ)
     qm = qi < NQ
-    c = cb * CB + tl.arange(0, CB)
+    c = (cb * CB + tl.arange(0, CB)).to(tl.int64)
     m = (c[:, None] < C) & qm[None, :]
     src = tl.load(src_ptr + n * ssn + c[:, None] * ssc + qi[None, :], mask=m, other=0.0).to(tl.float32)
     acc = tl.zeros((CB, BQ), tl.float32)
     for t in range(0, K):
-        w = tl.load(w_ptr + n * K * NQ + t * NQ + qi, mask=qm, other=0.0)
-        idx = tl.load(i_ptr + n * K * NQ + t * NQ + qi, mask=qm, other=0)
+        w = tl.load(w_ptr + (n * K + t) * NQ + qi, mask=qm, other=0.0)
+        idx = tl.load(i_ptr + (n * K + t) * NQ + qi, mask=qm, other=0)
         tl.atomic_add(dst_ptr + n * C * NM + c[:, None] * NM + idx[None, :], src * w[None, :], mask=m)
         if gather_ptr is not None:
             gv = tl.load(gather_ptr + n * sgn + c[:, None] * sgc + idx[None, :], mask=m, other=0.0)
@@ -435,11 +441,14 @@ def backward(grads, query_key, memory_key, values, outputs, stat, index, l2, top
     bq, bm = _blocks(q.device)
     if top_k == 0:
         gvs = [torch.empty((n, v.shape[1], nm), **f32) for v in vals]
-        _full_backward(q, k, vals, grads, outputs, stat.contiguous(), gq, gk, gvs, l2, ds, ns, bq, bm)
+        with device_guard(q):
+            _full_backward(q, k, vals, grads, outputs, stat.contiguous(), gq, gk, gvs, l2, ds, ns,
+                           bq, bm)
     else:
         gvs = [torch.zeros((n, v.shape[1], nm), **f32) for v in vals]
-        _topk_backward(q, k, vals, grads, stat.contiguous(), index.contiguous(), gq, gk, gvs,
-                       l2, ds, ns, bq)
+        with device_guard(q):
+            _topk_backward(q, k, vals, grads, stat.contiguous(), index.contiguous(), gq, gk, gvs,
+                           l2, ds, ns, bq)
     return ([gq.to(query_key.dtype), gk.to(memory_key.dtype)]
             + [g.to(v.dtype) for g, v in zip(gvs, values)])
 
