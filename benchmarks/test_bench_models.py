@@ -1,5 +1,5 @@
 """The five models end to end: each with the fused ops beside the same model under
-backend("reference") (cases from vdeblur_models.bench_cases_<model>: tiny models on CPU, the
+backend("reference") (cases from vdeblur_ops.bench.cases.model_<model>: tiny models on CPU, the
 paper models on 720p clips on a GPU; the shape names the N x T frames of one call)."""
 import pytest
 

@@ -1,7 +1,9 @@
 """Benchmark cases and the timing machinery shared by ``vdeblur-bench``, ``benchmarks/`` and
 ``benchmarks/gpu_check.py``.
 
-Each op family adds ``vdeblur_ops/bench/cases/<family>.py`` with ``cases(preset) -> list[Case]``.
+Each op family adds ``vdeblur_ops/bench/cases/<family>.py`` with ``cases(preset) -> list[Case]``,
+each model ``cases/model_<model>.py`` (these import ``vdeblur_models``; ``vdeblur_models`` does not
+import the bench, so there is no import cycle).
 A :class:`Case` builds fresh inputs on a device and runs the public op (so backend choice goes
 through :func:`vdeblur_ops.backend`); the reference is the same call under ``backend("reference")``
 unless the case names other plain-PyTorch baselines too (``baselines``).
@@ -61,18 +63,15 @@ MODELS = ("dstnet", "estrnn", "memdeblur", "tfn", "tsvrnn")
 def _case_modules(name: str) -> list[str]:
     """Modules that may hold cases for ``name``: an op family's or a model's."""
     found = []
-    for module in (f"{__name__}.cases.{name}", f"vdeblur_models.bench_cases_{name}"):
-        try:
-            if importlib.util.find_spec(module) is not None:
-                found.append(module)
-        except ModuleNotFoundError:  # vdeblur_models not installed
-            pass
+    for module in (f"{__name__}.cases.{name}", f"{__name__}.cases.model_{name}"):
+        if importlib.util.find_spec(module) is not None:
+            found.append(module)
     return found
 
 
 def all_cases(preset: str, names: Sequence[str] | None = None) -> list[Case]:
     """Cases for ``preset`` (``"cpu"``, ``"gpu"`` or ``"tiny"``) of the named op families and
-    models (default: every op family, then every model)."""
+    models (default: every op family, then every model; the model cases need vdeblur_models)."""
     from .. import FAMILIES
 
     found = []

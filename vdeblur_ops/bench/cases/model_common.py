@@ -1,4 +1,4 @@
-"""Shared pieces of the models' benchmark cases (``bench_cases_<model>.py``): one end-to-end
+"""Shared pieces of the models' benchmark cases (``model_<model>.py``): one end-to-end
 ``vdeblur_ops.bench.Case`` per bench preset, the model with the fused ops against the same model
 (same weights) under ``backend("reference")``."""
 from __future__ import annotations

@@ -7,7 +7,7 @@ Presets: "tiny" (smoke test: tiny model, 2 frames of 16x16), "cpu" (tiny model, 
 "dynamic_filter", whose backends matter most (the Haar op follows the same forced backend).
 
 The issue's CPU figure, the paper model at (1, 5, 3, 128, 128), is too slow for a CI preset; it
-is measured by ``python -m vdeblur_models.bench_cases_dstnet`` (:func:`measure_cpu_ratio`).
+is measured by ``python -m vdeblur_ops.bench.cases.model_dstnet`` (:func:`measure_cpu_ratio`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import vdeblur_ops
 from vdeblur_ops.bench import Case
 
-from .bench_common import model_cases
+from .model_common import model_cases
 
 import vdeblur_models
 

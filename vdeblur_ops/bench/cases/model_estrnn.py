@@ -10,7 +10,7 @@ Presets: "tiny" (tiny model, 3 frames of 16x16), "cpu" (tiny model, 5 frames of 
 paper's B9C80 on 5 frames of 64x64, forward only), "gpu" (B9C80, 9 frames of 720p, forward
 only). Outputs per call: T - 4 frames for B9C80 (T - 2 for tiny). The steady-state time per
 frame of a long video (one cell step + one GSA fusion + one reconstruction) is measured by
-``python -m vdeblur_models.bench_cases_estrnn`` (:func:`time_per_frame`).
+``python -m vdeblur_ops.bench.cases.model_estrnn`` (:func:`time_per_frame`).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Presets (eval mode: top-k readout, 5-frame banks, as at test time):
   0.191 s per 720p frame on an RTX A5000).
 
 The case's family is "memory_readout", the only vdeblur_ops family the model calls.
-``python -m vdeblur_models.bench_cases_memdeblur`` measures the CPU end-to-end ratio
+``python -m vdeblur_ops.bench.cases.model_memdeblur`` measures the CPU end-to-end ratio
 (:func:`measure_cpu_ratio`).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import vdeblur_ops
 from vdeblur_ops.bench import Case
 
-from .bench_common import model_cases
+from .model_common import model_cases
 
 import vdeblur_models
 

@@ -7,7 +7,7 @@ Presets: "tiny" (smoke test), "cpu" (tiny model, 5 frames of 64x64: what CI affo
 Table 1).
 
 :func:`measure_cpu_ratio` and the command line serve TSV-RNN's cases too.
-``python -m vdeblur_models.bench_cases_tfn`` prints the CPU end-to-end ratio.
+``python -m vdeblur_ops.bench.cases.model_tfn`` prints the CPU end-to-end ratio.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import vdeblur_ops
 from vdeblur_ops.bench import Case
 
-from .bench_common import model_cases, model_factory
+from .model_common import model_cases, model_factory
 
 
 # preset -> (model preset, overrides, N, T, H, W, time forward+backward too)

@@ -3,14 +3,14 @@ against the same model (same weights) under ``backend("reference")``. Family "co
 
 Presets: "tiny" (smoke test), "cpu" (paper model, 5 frames of 64x64, forward and backward),
 "gpu" (paper model, 5 frames of 720p, forward only: time per frame = median / 5).
-``python -m vdeblur_models.bench_cases_tsvrnn`` prints the CPU end-to-end ratio.
+``python -m vdeblur_ops.bench.cases.model_tsvrnn`` prints the CPU end-to-end ratio.
 """
 from __future__ import annotations
 
 from vdeblur_ops.bench import Case
 
-from .bench_cases_tfn import main
-from .bench_common import model_cases
+from .model_tfn import main
+from .model_common import model_cases
 
 # preset -> (model preset, overrides, N, T, H, W, time forward+backward too); T is always 5
 SHAPES = {
