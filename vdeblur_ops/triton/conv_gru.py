@@ -40,11 +40,12 @@ def _cast(x, ty: tl.constexpr):
     truncates there, even with fp_downcast_rounding="rtne" (GPUs round), which would double the
     error of the interpreter tests. The bit trick is for finite values and +-inf (the carry
     stops at the exponent); a NaN's mantissa could carry into the sign (0x7FFFFFFF -> -0.0) or
-    wrap to 0 (0xFFFFFFFF), so NaN bypasses it."""
+    wrap to 0 (0xFFFFFFFF), so NaN becomes a quiet NaN instead (not x itself: truncating a NaN
+    with only low mantissa bits, 0x7F800001, gives inf)."""
     if ty == tl.bfloat16:
         b = x.to(tl.uint32, bitcast=True)
         b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
-        x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
+        x = tl.where(x != x, float("nan"), b.to(tl.float32, bitcast=True))
     return x.to(ty)
 
 
