@@ -3,14 +3,20 @@ attention maps and every gradient), a stack of layers, non-contiguous inputs, gr
 torch.compile, the nn module and bad input."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
+import triton.language as tl
 
 import vdeblur_ops
 from helpers import ATTN_TOL, CUDA, assert_rel, backend_params, kernel_backends, requires_cuda
 from vdeblur_ops.nn import TemporalMemoryAttention
 from vdeblur_ops.ops import temporal_attention as ops_mod
 from vdeblur_ops.reference import temporal_attention as ref
+from vdeblur_ops.triton import temporal_attention as tri_ta
 
 BACKENDS = backend_params("temporal_attention")
 # Index of b_k among the op's 12 differentiable inputs (l, m, w_h, b_h, ...): its true gradient is
@@ -188,11 +194,91 @@ def test_triton_bfloat16(backend_name, device):
     _check_against_reference(backend_name, inputs, 0.5, 2, ATTN_TOL[torch.bfloat16])
 
 
-@pytest.mark.parametrize("backend_name,device", [p for p in BACKENDS if "triton" in p.id])
-def test_triton_refuses_more_than_128_channels(backend_name, device):
-    inputs = _inputs((1, 2, 136, 1, 1), device)
-    with pytest.raises(RuntimeError, match="C <= 128"), vdeblur_ops.backend("triton"):
-        vdeblur_ops.temporal_attention(*inputs)
+TRITON_CPU = [p for p in BACKENDS if p.id == "triton-cpu"]  # the interpreter, CPU tensors
+
+
+@pytest.mark.parametrize("backend_name,device", TRITON_CPU)
+def test_triton_tfn_bottleneck_width(backend_name, device):
+    """C = 768 (TFN's bottleneck): several K and output blocks per GEMM, two heads."""
+    _check_against_reference(backend_name, _inputs((1, 3, 768, 1, 3), device), 768 ** -0.5, 2,
+                             ATTN_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend_name,device", TRITON_CPU)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision_wide(backend_name, device, dtype):
+    """C = 320: a partly masked last channel block; 4 heads of 80 channels."""
+    _check_against_reference(backend_name, _inputs((1, 3, 320, 2, 3), device, dtype), 0.06, 4,
+                             ATTN_TOL[dtype])
+
+
+class _FakeMatmul:
+    """Stand-in for torch.backends.cuda.matmul: the new API's attribute, or (None) none."""
+
+    def __init__(self, fp32_precision=None):
+        if fp32_precision is not None:
+            self.fp32_precision = fp32_precision
+
+    @property
+    def allow_tf32(self):  # the legacy read raises under the new API: it must not be used
+        raise RuntimeError("legacy allow_tf32 read")
+
+
+@pytest.mark.parametrize("new,legacy,allows", [
+    (None, "highest", False), (None, "high", True), (None, "medium", True),  # torch < 2.9
+    ("ieee", "raises", False), ("tf32", "raises", True),  # the new API set
+    ("none", "highest", False), ("none", "high", True),  # new API present but unset
+])
+def test_float32_precision_setting_is_read_without_raising(monkeypatch, new, legacy, allows):
+    def legacy_getter():
+        if legacy == "raises":
+            raise RuntimeError("mixed legacy and new API")
+        return legacy
+
+    monkeypatch.setattr(torch.backends.cuda, "matmul", _FakeMatmul(new))
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", legacy_getter)
+    if new == "none":
+        monkeypatch.setattr(torch.backends, "fp32_precision", "none", raising=False)
+    assert tri_ta._float32_matmul_allows_tf32() is allows
+    dot, prec = tri_ta.dot_config(torch.float32, interpreting=False)
+    assert prec == ("tf32" if allows else "tf32x3")
+
+
+def test_float32_precision_under_this_torchs_new_api():
+    """This torch's real API, in a subprocess (the new-API state is process-wide and makes
+    legacy reads elsewhere raise): after the new setter, the legacy read raises, ours does not."""
+    script = textwrap.dedent("""
+        import torch
+        from vdeblur_ops.triton import temporal_attention as ta
+        matmul = torch.backends.cuda.matmul
+        try:
+            matmul.fp32_precision
+        except AttributeError:
+            print("no-new-api")
+            raise SystemExit
+        matmul.fp32_precision = "tf32"
+        try:
+            matmul.allow_tf32
+            print("legacy-read-ok")
+        except RuntimeError:
+            print("legacy-read-raises")
+        print(ta._float32_matmul_allows_tf32())
+        matmul.fp32_precision = "ieee"
+        print(ta._float32_matmul_allows_tf32())
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.split()
+    if lines == ["no-new-api"]:
+        pytest.skip("this torch has no torch.backends.cuda.matmul.fp32_precision")
+    assert lines[1:] == ["True", "False"], run.stdout
+
+
+def test_dot_config_low_precision():
+    assert tri_ta.dot_config(torch.bfloat16, interpreting=False) == (tl.bfloat16, "ieee")
+    assert tri_ta.dot_config(torch.float16, interpreting=False) == (tl.float16, "ieee")
+    assert tri_ta.dot_config(torch.float16, interpreting=True) == (tl.float16, "emulate")
 
 
 @pytest.mark.slow
@@ -286,12 +372,54 @@ def test_bad_input_through_torch_ops():
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_bottleneck_shape(dtype):
-    """TFN's 720p bottleneck on the GPU (Triton), forward and every gradient. float32 products
-    are IEEE unless torch.backends.cuda.matmul.allow_tf32 (off by default) asks for TF32."""
-    inputs = _inputs((1, 5, 96, 90, 160), "cuda", dtype)
-    outs, grads, cot = _fwd_bwd("triton", inputs, 1.0, 1)
-    ref_outs, ref_grads, _ = _fwd_bwd("reference", [t.double() for t in inputs], 1.0, 1, cot)
+@pytest.mark.parametrize("c", [96, 768])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_bottleneck_shape(c, dtype):
+    """TFN's 720p bottleneck on the GPU (Triton), forward and every gradient, at Table 3's width
+    and the paper's 768. float32 at the default "highest" precision (3xTF32)."""
+    inputs = _inputs((1, 5, c, 90, 160), "cuda", dtype)
+    outs, grads, cot = _fwd_bwd("triton", inputs, c ** -0.5, 1)
+    ref_outs, ref_grads, _ = _fwd_bwd("reference", [t.double() for t in inputs], c ** -0.5, 1,
+                                      cot)
     assert_rel(outs, ref_outs, ATTN_TOL[dtype], "outputs")
     _assert_grads(grads, ref_grads, ATTN_TOL[dtype])
+
+
+@requires_cuda
+def test_cuda_automatic_choice_is_triton_up_to_1024_channels():
+    for c in (64, 768, 1024):
+        assert ops_mod.FAMILY.choose(torch.empty(1, 2, c, 1, 1, device="cuda")) == "triton"
+
+
+TF32_TOL = 5e-4  # DESIGN.md section 5: TF32 products near 3e-4 relative error
+
+
+@requires_cuda
+@pytest.mark.parametrize("tf32", [False, True])
+def test_cuda_float32_with_tf32_on_and_off(tf32):
+    """The user's float32 matmul precision picks 3xTF32 (1e-4) or TF32 (near 3e-4)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        assert tri_ta.dot_config(torch.float32, False)[1] == ("tf32" if tf32 else "tf32x3")
+        inputs = _inputs((1, 5, 768, 12, 20), "cuda")
+        outs, grads, cot = _fwd_bwd("triton", inputs, 768 ** -0.5, 2)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    ref_outs, ref_grads, _ = _fwd_bwd("reference", [t.double() for t in inputs], 768 ** -0.5, 2,
+                                      cot)
+    tol = TF32_TOL if tf32 else ATTN_TOL[torch.float32]
+    assert_rel(outs, ref_outs, tol, "outputs")
+    _assert_grads(grads, ref_grads, tol)
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_second_device_while_first_is_current():
+    """Tensors on cuda:1 while cuda:0 is current: the kernels run on cuda:1 and are right."""
+    inputs = _inputs((1, 3, 64, 6, 7), "cuda:1")
+    with torch.cuda.device(0):
+        outs, grads, cot = _fwd_bwd("triton", inputs, 0.125, 2)
+    assert all(t.device == torch.device("cuda:1") for t in outs + grads)
+    ref_outs, ref_grads, _ = _fwd_bwd("reference", [t.double() for t in inputs], 0.125, 2, cot)
+    assert_rel(outs, ref_outs, ATTN_TOL[torch.float32], "outputs")
+    _assert_grads(grads, ref_grads, ATTN_TOL[torch.float32])
