@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -273,7 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipe = RECIPES[args.model]
     frames = args.frames or getattr(model, "fixed_frames", None) or 5
     optimizer = recipe.optimizer(model.parameters(), lr=args.lr or recipe.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
+    # Cosine annealing to 0 at --steps, in closed form so a resumed run may ask for more steps.
+    def lr_factor(s: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     dtype = amp_dtype(args.amp, d.device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -281,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     step = 0
     if args.resume and ckpt.is_file():
         step = load_checkpoint(ckpt, model, optimizer, scheduler, scaler, args)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * lr_factor(step)  # this run's schedule, not the saved lr
         log(f"resumed from {ckpt} at step {step}")
 
     net: nn.Module = model
