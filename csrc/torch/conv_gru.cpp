@@ -17,8 +17,11 @@
 #include "../cpu/conv_gru.h"
 
 #ifdef VDEBLUR_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+// Only c10/cuda (guard, stream, error check): ATen/cuda/CUDAContext.h would pull in cuSPARSE /
+// cuBLAS headers that a minimal toolkit lacks and these launchers never use.
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../cuda/conv_gru.h"
 #include "dtype.h"
@@ -185,7 +188,7 @@ void* out(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 struct DeviceScope {  // the tensors' device and its current stream
   c10::cuda::CUDAGuard guard;
   cudaStream_t stream;
-  explicit DeviceScope(const Tensor& t) : guard(t.device()), stream(at::cuda::getCurrentCUDAStream()) {}
+  explicit DeviceScope(const Tensor& t) : guard(t.device()), stream(c10::cuda::getCurrentCUDAStream()) {}
 };
 
 std::tuple<Tensor, Tensor, Tensor> reset_cuda(const Tensor& gx_zr, const Tensor& gh_zr, const Tensor& h, bool save) {

@@ -15,8 +15,11 @@
 #include "vdeblur/dynamic_filter.h"
 
 #ifdef VDEBLUR_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+// Only c10/cuda (guard, stream, error check): ATen/cuda/CUDAContext.h would pull in cuSPARSE /
+// cuBLAS headers that a minimal toolkit lacks and these launchers never use.
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../cuda/dynamic_filter.h"
 #include "dtype.h"
@@ -146,7 +149,7 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight, int64_
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
   C10_CUDA_CHECK(cuda::dynamic_filter2d_forward(to_dtype(x.scalar_type()), x.data_ptr(), weight_view(weight),
-                                                out.data_ptr(), g, at::cuda::getCurrentCUDAStream()));
+                                                out.data_ptr(), g, c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -158,7 +161,7 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weig
   auto grad_x = at::empty({g.N, g.C, g.H, g.W}, grad_out.options());
   C10_CUDA_CHECK(cuda::dynamic_filter2d_grad_input(to_dtype(grad_out.scalar_type()), grad_out.data_ptr(),
                                                    weight_view(weight), grad_x.data_ptr(), g,
-                                                   at::cuda::getCurrentCUDAStream()));
+                                                   c10::cuda::getCurrentCUDAStream()));
   return grad_x;
 }
 
@@ -173,7 +176,7 @@ at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_i
   auto workspace = at::empty({static_cast<int64_t>(cuda::dynamic_filter2d_grad_weight_workspace_bytes(g, dtype))},
                              x.options().dtype(at::kByte));
   C10_CUDA_CHECK(cuda::dynamic_filter2d_grad_weight(dtype, grad_out.data_ptr(), x.data_ptr(), grad_weight.data_ptr(),
-                                                    workspace.data_ptr(), g, at::cuda::getCurrentCUDAStream()));
+                                                    workspace.data_ptr(), g, c10::cuda::getCurrentCUDAStream()));
   return grad_weight;
 }
 #endif

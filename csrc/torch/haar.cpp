@@ -11,8 +11,11 @@
 #include "vdeblur/haar.h"
 
 #ifdef VDEBLUR_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+// Only c10/cuda (guard, stream, error check): ATen/cuda/CUDAContext.h would pull in cuSPARSE /
+// cuBLAS headers that a minimal toolkit lacks and these launchers never use.
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../cuda/haar.h"
 #include "dtype.h"
@@ -122,7 +125,7 @@ std::vector<at::Tensor> haar_dwt2d_cuda(const at::Tensor& x_in, int64_t levels, 
   std::vector<void*> highs;
   for (size_t l = 1; l < outs.size(); ++l) highs.push_back(outs[l].data_ptr());
   C10_CUDA_CHECK(cuda::haar_dwt2d(dtype, x.data_ptr(), outs[0].data_ptr(), highs.data(), g, scale,
-                                  workspace.data_ptr(), at::cuda::getCurrentCUDAStream()));
+                                  workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return outs;
 }
 
@@ -140,7 +143,7 @@ at::Tensor haar_idwt2d_cuda(const at::Tensor& ll_in, at::TensorList highs_in, do
   std::vector<const void*> hi;
   for (const auto& t : highs) hi.push_back(t.data_ptr());
   C10_CUDA_CHECK(cuda::haar_idwt2d(dtype, ll.data_ptr(), const_cast<void* const*>(hi.data()), out.data_ptr(), g,
-                                   scale, workspace.data_ptr(), at::cuda::getCurrentCUDAStream()));
+                                   scale, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 #endif
