@@ -387,7 +387,7 @@ def forward(l: torch.Tensor, m: torch.Tensor, params: list[torch.Tensor], scale:
     Writes Q, K, V (3 fp32 tensors of l's shape) to device memory between the launches."""
     l, m = l.contiguous(), m.contiguous()
     params = [p.contiguous() for p in params]
-    n, t, c, h, w = l.shape
+    n, t, _c, h, w = l.shape
     run = _Launcher(l)
     l_out, m_out = torch.empty_like(l), torch.empty_like(l)
     attn = l.new_empty((n, heads, h, w, t, t) if return_attention else (0,))
@@ -408,7 +408,6 @@ def backward(grad_l_out: torch.Tensor, grad_m_out: torch.Tensor, grad_attn: torc
     grad_l_out, grad_m_out = grad_l_out.contiguous(), grad_m_out.contiguous()
     params = [p.contiguous() for p in params]
     wh, _bh, wf, _bf, wq, _bq, wk, _bk, wv, _bv = params
-    t, c = l.shape[1], l.shape[2]
     run = _Launcher(l)
     f32 = {"device": l.device, "dtype": torch.float32}
     m_new, h_hat, gate = (torch.empty(l.shape, **f32) for _ in range(3))
