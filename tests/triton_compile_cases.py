@@ -9,15 +9,17 @@ Shapes (720p = 720 x 1280):
   an 8K frame (33 MP: above the 16.7 MP where grid axis 1 passes 65535, issue #13 item 7).
 * conv_gru: N=1, C=64 at 720p, the three ops.
 * temporal_attention: TFN at 720p: T=5 frames at the 1/8 bottleneck (90 x 160), C=768 (paper)
-  and Table 3's C=64 / 128; float32 with and without TF32.
+  and Table 3's C=64 / 128; float32 with torch's float32 matmul precision "ieee" (3xTF32
+  kernels) and "tf32".
 * memory_readout: MemDeblur at 720p: Ck=64 keys at 1/16 (45 x 80 = 3600 queries), a 5-frame
   bank (18000 positions), Cv=256 values (two for the forward bank, one for the backward bank),
   l2 affinity, top_k=20 and the full softmax.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -66,14 +68,31 @@ def _temporal_attention(c: int, dtype: torch.dtype, tf32: bool = False) -> None:
     l, m = _t(n, t, c, h, w, dtype=dtype), _t(n, t, c, h, w, dtype=dtype)
     params = [_t(c, c, dtype=dtype) if i % 2 == 0 else _t(c, dtype=dtype) for i in range(10)]
     scale = 1.0 / math.sqrt(c)
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
+    with _float32_matmul_precision("tf32" if tf32 else "ieee"):
         for return_attention in (False, True):
             l_out, m_out, attn = ta.forward(l, m, params, scale, 1, return_attention)
             ta.backward(l_out, m_out, attn if return_attention else None, l, m, params, scale, 1)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def _float32_matmul_precision(precision: str) -> Iterator[None]:
+    """torch's float32 matmul setting ("ieee" or "tf32") within, restored after: the new
+    fp32_precision API where torch has it (>= 2.9), else set_float32_matmul_precision."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        saved = matmul.fp32_precision
+        matmul.fp32_precision = precision
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = saved
+    else:
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(saved)
 
 
 def _memory_readout(top_k: int, num_values: int, dtype: torch.dtype) -> None:

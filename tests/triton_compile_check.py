@@ -3,7 +3,7 @@
 Run as a script (the test does, in a subprocess WITHOUT ``TRITON_INTERPRET``: under the
 interpreter ``@triton.jit`` kernels cannot be compiled)::
 
-    python3 tests/triton_compile_check.py [--out build/triton_compile] [--only SUBSTRING]
+    python3 tests/triton_compile_check.py [--out build/triton_compile] [--only REGEX]
 
 Each case calls an op family's real launchers (``vdeblur_ops/triton/<family>.py``, forward and
 backward) at a paper-sized shape on "meta" tensors (shapes and strides, no memory), so the
@@ -27,8 +27,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -183,14 +185,18 @@ def ptxas_usage(ptx: str) -> tuple[int, int, int]:
     target = re.search(r"^\s*\.target\s+(sm_\w+)", ptx, re.M)
     if target is None:
         raise RuntimeError("PTX without a .target line")
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"vdeblur_ptx_{digest[:16]}.ptx"
-    tmp.write_text(ptx)
+    fd, name = tempfile.mkstemp(suffix=".ptx")  # unique: parallel runs compile the same PTX
+    tmp = Path(name)
+    with os.fdopen(fd, "w") as f:
+        f.write(ptx)
     try:
-        log = subprocess.run([_ptxas_path(), "-lineinfo", "-v", f"--gpu-name={target.group(1)}",
-                              str(tmp), "-o", os.devnull], capture_output=True, text=True,
-                             check=True).stderr
+        proc = subprocess.run([_ptxas_path(), "-lineinfo", "-v", f"--gpu-name={target.group(1)}",
+                               str(tmp), "-o", os.devnull], capture_output=True, text=True)
     finally:
         tmp.unlink(missing_ok=True)
+    log = proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"ptxas -v exited {proc.returncode}:\n{log[-2000:]}")
     regs = re.findall(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     if not regs or not spills:
@@ -240,13 +246,22 @@ def check_rows(family: str, arch: int, case: str, launches: list) -> list[Row]:
     return rows
 
 
-def run_cases(names: list[str], archs: list[int]) -> dict:
-    """{case: {"error": str | None, "rows": [Row as dict], "seconds": float}} over ``archs``."""
+def _over_time(signum, frame):
+    raise TimeoutError("the case ran over its time limit (--case-limit)")
+
+
+def run_cases(names: list[str], archs: list[int], case_limit: int = 0) -> dict:
+    """{case: {"error": str | None, "rows": [Row as dict], "seconds": float}} over ``archs``.
+    A case running over ``case_limit`` seconds (0: none) fails with a TimeoutError, raised when
+    the compiler next returns to Python (ptxas runs as a subprocess, so a spilling kernel's long
+    ptxas run is cut; a long MLIR pass is not)."""
     results = {}
+    signal.signal(signal.SIGALRM, _over_time)
     for name in names:
         family, build = CASES[name]
         entry = {"error": None, "rows": [], "seconds": 0.0}
         start = time.perf_counter()
+        signal.alarm(case_limit)
         for arch in archs:
             launches: list = []
             try:
@@ -258,6 +273,7 @@ def run_cases(names: list[str], archs: list[int]) -> dict:
                 entry["error"] = (f"sm_{arch}: {type(exc).__name__}: {str(exc)[:2000]} "
                                   f"(at {Path(last.filename).name}:{last.lineno})")
                 break
+        signal.alarm(0)
         entry["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = entry
         status = entry["error"] or "; ".join(p for r in entry["rows"] for p in r["problems"]) or "ok"
@@ -301,13 +317,15 @@ def write_table(results: dict, out: Path, archs: list[int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(REPO / "build" / "triton_compile"))
-    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--only", default="", help="run the cases whose name matches this regex")
+    parser.add_argument("--case-limit", type=int, default=900,
+                        help="seconds one case (both archs) may take; 0 = no limit")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     archs = claimed_archs()
-    names = [n for n in CASES if args.only in n]
-    results = run_cases(names, archs)
+    names = [n for n in CASES if re.search(args.only, n)]
+    results = run_cases(names, archs, args.case_limit)
     write_table(results, Path(args.out), archs)
     return 0
 
