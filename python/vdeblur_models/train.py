@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"{args.model} ({args.preset}): {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(train_clips)} training / {len(val_clips)} held-out clips, {d.world} process(es) on "
         f"{d.device}, batch {args.batch_size}x{d.world} of {frames}x{args.crop}x{args.crop}, "
-        f"amp {dtype}, {recipe.source}")
+        f"amp {dtype}, lr {args.lr or recipe.lr:g}; paper recipe: {recipe.source}")
 
     val: dict[str, float] | None = None
     chunk = max(frames, 8)
