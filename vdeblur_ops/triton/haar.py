@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_guard
+
 _BLOCK_W = 256  # coefficients per program along a row
 
 
@@ -96,8 +98,10 @@ def dwt(x: torch.Tensor, levels: int, scale: float, band_layout: bool) -> list[t
         ll_dtype = x.dtype if level == levels - 1 else torch.float32
         ll = torch.empty((n, c, h, w), dtype=ll_dtype, device=x.device)
         block = _block(w)
-        _dwt_level_kernel[(n * c * h, triton.cdiv(w, block))](
-            src, ll, highs[-1], c, src_h, src_w, h, w, scale, BAND_LAYOUT=band_layout, BLOCK_W=block)
+        with device_guard(x):
+            _dwt_level_kernel[(n * c * h, triton.cdiv(w, block))](
+                src, ll, highs[-1], c, src_h, src_w, h, w, scale, BAND_LAYOUT=band_layout,
+                BLOCK_W=block)
         src, src_h, src_w = ll, h, w
     return [src] + highs
 
@@ -114,7 +118,8 @@ def idwt(ll: torch.Tensor, highs: list[torch.Tensor], scale: float, band_layout:
         out_dtype = ll.dtype if level == 0 else torch.float32
         out = torch.empty((n, c, ho, wo), dtype=out_dtype, device=ll.device)
         block = _block(w)
-        _idwt_level_kernel[(n * c * h, triton.cdiv(w, block))](
-            x, hi, out, c, h, w, ho, wo, scale, BAND_LAYOUT=band_layout, BLOCK_W=block)
+        with device_guard(ll):
+            _idwt_level_kernel[(n * c * h, triton.cdiv(w, block))](
+                x, hi, out, c, h, w, ho, wo, scale, BAND_LAYOUT=band_layout, BLOCK_W=block)
         x = out
     return x
