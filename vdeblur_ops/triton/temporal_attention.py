@@ -38,6 +38,9 @@ NUM_LINEAR = 5  # W_h, W_f, W_q, W_k, W_v
 BLOCK_O = 64  # output channels per GEMM program
 BLOCK_K = 32  # input channels per GEMM step
 BLOCK_P = 64  # pixels per GEMM program
+# Pixels per step of the weight gradients' reduction: at 32 or 64, 3xTF32 on sm_80 needs
+# 255 registers and spills up to 1.5 KB a thread (ptxas -v); at 16 it takes 168, no spill.
+WGRAD_BLOCK_P = 16
 ATTN_BP = 32  # at most this many pixels per attention program (fewer for larger T)
 ATTN_BC = 4  # channels per attention step on a GPU
 INTERPRETER_BLOCK_C = 1024  # GEMM channel blocks under the interpreter
@@ -359,15 +362,16 @@ class _Launcher:
     def weight_grad(self, g, x, programs_cap: int):
         """(dW (C, C), db (C,)) fp32 of the layer whose output gradient is g and input x."""
         bo = self.bo
+        bp = self.bp if self.interpreting else min(self.bp, WGRAD_BLOCK_P)
         blocks = triton.cdiv(self.c, bo) ** 2
-        chunks = triton.cdiv(self.hw, self.bp)
+        chunks = triton.cdiv(self.hw, bp)
         split = max(1, min(self.n * self.t * chunks, triton.cdiv(256, blocks), programs_cap))
         dw = g.new_empty((split, self.c, self.c), dtype=torch.float32)
         db = g.new_empty((split, self.c), dtype=torch.float32)
         grid = (triton.cdiv(self.c, bo), triton.cdiv(self.c, bo), split)
         _weight_grad_kernel[grid](g, x, dw, db, self.c, self.hw, self.n * self.t, chunks,
-                                  BLOCK_O=bo, BLOCK_P=self.bp, BLOCK_I=bo, DOT=self.dot,
-                                  PREC=self.prec, num_warps=8)  # 4 warps spill on sm_80
+                                  BLOCK_O=bo, BLOCK_P=bp, BLOCK_I=bo, DOT=self.dot,
+                                  PREC=self.prec, num_warps=4)
         return dw.sum(0), db.sum(0)
 
     def projections(self, l, m_new, params):
