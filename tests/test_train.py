@@ -120,8 +120,7 @@ def synthetic(tmp_path_factory) -> Path:
 
 def run_train(model: str, data_dir: Path, out: Path, steps: int, *extra: str) -> None:
     assert train.main(["--model", model, "--preset", "tiny", "--data", str(data_dir),
-                       "--out", str(out), "--steps", str(steps), "--batch-size", "1",
-                       "--crop", "32", "--workers", "0", "--cache", "--val-frames", "6",
+                       "--out", str(out), "--steps", str(steps), "--workers", "0", "--cache", "--val-frames", "6",
                        "--log-every", "1", *extra]) == 0
 
 
@@ -130,14 +129,16 @@ def run_train(model: str, data_dir: Path, out: Path, steps: int, *extra: str) ->
 def test_train_smoke_and_resume(model: str, synthetic: Path, tmp_path: Path):
     """Two steps, then resume for one more: loss finite (train raises otherwise), checkpoint
     written, the step count continues, and the deblur command loads the same file."""
-    run_train(model, synthetic, tmp_path, 2, "--frames", "5" if model == "tsvrnn" else "3",
-              "--val-every", "0")
+    # MemDeblur's ResNet key encoder reaches 1x1 on 32-pixel crops, where training-mode
+    # BatchNorm needs more than one value per channel: two clips a batch
+    shape = ["--frames", "5" if model == "tsvrnn" else "3", "--crop", "32",
+             "--batch-size", "2" if model == "memdeblur" else "1"]
+    run_train(model, synthetic, tmp_path, 2, *shape, "--val-every", "0")
     ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["format"] == train.CHECKPOINT_FORMAT
     assert math.isfinite(ckpt["val"]["psnr"])
     first = {k: v.clone() for k, v in ckpt["model"].items()}
-    run_train(model, synthetic, tmp_path, 3, "--frames", "5" if model == "tsvrnn" else "3",
-              "--val-every", "0", "--resume")
+    run_train(model, synthetic, tmp_path, 3, *shape, "--val-every", "0", "--resume")
     ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
     assert ckpt["step"] == 3
     assert any(not torch.equal(first[k], v) for k, v in ckpt["model"].items())
@@ -156,3 +157,24 @@ def test_train_rejects_bad_arguments(synthetic: Path, tmp_path: Path):
     with pytest.raises(SystemExit, match="does not exist"):
         train.main(["--model", "dstnet", "--preset", "tiny", "--data", str(tmp_path / "none"),
                     "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_training_raises_validation_psnr_over_blurry_input(tmp_path: Path):
+    """300 steps of DSTNet tiny on fresh synthetic clips beat the blurry input on held-out clips.
+    Measured on a shared 2-core machine (~0.6 s a step at one thread): +0.07 dB / +0.010 SSIM
+    (lr 3e-3, one data seed), +0.04 dB / +0.004 SSIM (lr 1e-2, another). A small gain: the
+    bounds below only say training beats the blurry input, not that it deblurs well."""
+    root = data.make_synthetic(tmp_path / "data", train_clips=4, test_clips=1, frames=8, size=48,
+                               seed=int(torch.randint(10_000, ()).item()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: threads only add overhead
+    try:
+        run_train("dstnet", root, tmp_path / "run", 300, "--frames", "3", "--crop", "32",
+                  "--batch-size", "2", "--lr", "1e-2", "--val-every", "0", "--log-every", "50",
+                  "--val-frames", "8")
+    finally:
+        torch.set_num_threads(threads)
+    val = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["val"]
+    assert val["psnr"] > val["input_psnr"] + 0.01, val
+    assert val["ssim"] > val["input_ssim"] + 0.002, val
