@@ -395,6 +395,20 @@ class MemDeblur(nn.Module):
         out = bank.read(key, top_k=None if self.training else self.top_k)
         return [out] if isinstance(out, torch.Tensor) else list(out)
 
+    def _decode_backward_memory(self, bank, keys: list[torch.Tensor], h: int,
+                                w: int) -> list[torch.Tensor]:
+        """m^b = G_h(read of the backward bank) for every frame of one scale: t keys
+        (N, Ck, hk, wk) -> t tensors (N, memory_channels, h, w).
+
+        The backward bank is complete before the forward passes and every query reads it on its
+        own, so the t frames' keys are read side by side (along the width) in one readout and
+        decoded as one batch: one call each instead of t small ones (the per-call overhead
+        dominated at the bank's sizes). G_h has no BatchNorm, so batching changes no number."""
+        t = len(keys)
+        read = self._read(bank, torch.cat(keys, -1))[0]  # (N, Cv, hk, t * wk)
+        decoded = self.memory.decoder_feat(torch.cat(read.chunk(t, -1), 0))
+        return list(decoded[..., :h, :w].chunk(t))
+
     # -- forward ----------------------------------------------------------------------------
 
     def forward(self, frames: torch.Tensor, return_all_scales: bool = False):
@@ -455,14 +469,14 @@ class MemDeblur(nn.Module):
                 prev_out = F.interpolate(prev_out, size=(hc, wc), mode="bilinear",
                                          align_corners=False)
                 feats_du = self.downsampling(prev_out).chunk(t)
+            backward_memory = self._decode_backward_memory(bank_b, keys_s, h, w)
             outs_s: list[torch.Tensor] = []
             for i in range(t):
                 x, key = feats_s[i], keys_s[i]
                 back = feat_backs[i]
                 if scale != 1:
                     back = F.interpolate(back, size=(h, w), mode="bilinear", align_corners=False)
-                m_b = self.memory.decoder_feat(self._read(bank_b, key)[0])[..., :h, :w]
-                head = [x, m_b] + ([feats_du[i]] if s else [])
+                head = [x, backward_memory[i]] + ([feats_du[i]] if s else [])
                 if i == 0:
                     tail = [x.new_zeros(n, _FEAT + 2 * mem + mid, h, w)]
                 else:
