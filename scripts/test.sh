@@ -4,5 +4,6 @@
 # nvcc compile checks of every CUDA source).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh pytest pytest-benchmark PyWavelets expecttest Pillow
+bash scripts/install.sh pytest pytest-benchmark PyWavelets expecttest Pillow "av>=14" ruff==0.17.6
+"${PYTHON:-python3}" -m ruff check .
 exec "${PYTHON:-python3}" -m pytest -q -ra tests "$@"

@@ -11,7 +11,6 @@ import vdeblur_ops
 from helpers import TOL, assert_rel, backend_params, rel_err, requires_cuda
 from vdeblur_ops.nn import ConvGRUCell
 from vdeblur_ops.ops import conv_gru as ops_mod
-from vdeblur_ops.reference import conv_gru as ref
 
 BACKENDS = backend_params("conv_gru")
 OPS = ("reset", "update", "gates")

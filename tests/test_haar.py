@@ -8,7 +8,6 @@ import torch
 
 import vdeblur_ops
 from helpers import TOL, assert_rel, backend_params, requires_cuda
-from vdeblur_ops.reference import haar as ref
 
 BACKENDS = backend_params("haar")
 

@@ -98,6 +98,7 @@ def authors_forward(model, inputs: torch.Tensor, **bank_kwargs) -> torch.Tensor:
             -(-(side // scale) // 4) * 4 for side in (height, width))
         h, w = size[0] // 4, size[1] // 4
         outputs = []
+        prev_x = prev_h = None  # set at the end of frame i, read from frame i + 1 on
         for i in range(t):
             if scale == 1:
                 frame, x, key, back = inputs[:, i], feats[i], keys[i], backs[i]

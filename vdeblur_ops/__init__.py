@@ -31,4 +31,4 @@ for _family in (f for f in FAMILIES if not _only or f in _only):
             globals()[_name] = getattr(_module, _name)
             __all__.append(_name)
 
-from . import nn  # noqa: E402  (after the ops it wraps)
+from . import nn as nn  # noqa: E402  (after the ops it wraps; re-exported)

@@ -471,6 +471,7 @@ class MemDeblur(nn.Module):
                 feats_du = self.downsampling(prev_out).chunk(t)
             backward_memory = self._decode_backward_memory(bank_b, keys_s, h, w)
             outs_s: list[torch.Tensor] = []
+            prev_x = prev_h = None  # the previous frame's input and fused features (from i = 1 on)
             for i in range(t):
                 x, key = feats_s[i], keys_s[i]
                 back = feat_backs[i]
