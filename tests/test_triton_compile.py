@@ -43,6 +43,13 @@ KNOWN_BROKEN = [
 ]
 
 
+# A cold Triton cache on a 2-core machine took over an hour for every case (under heavy load);
+# a warm one takes minutes. CI must end within its limit, so cases not started within the budget
+# are skipped with that reason (visible in pytest -ra), never passed.
+BUDGET_S = int(os.environ.get("VDEBLUR_TRITON_COMPILE_BUDGET_S", "1500"))
+CASE_LIMIT_S = int(os.environ.get("VDEBLUR_TRITON_COMPILE_CASE_LIMIT_S", "600"))
+
+
 def _xfail_reason(name: str) -> str | None:
     reasons = [reason for pattern, reason in KNOWN_BROKEN if re.search(pattern, name)]
     return "; ".join(reasons) or None
@@ -60,8 +67,9 @@ def compile_table() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""  # compile only, even on a machine with a GPU
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "triton_compile_check.py"),
-                           "--out", str(OUT)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=7200)
+                           "--out", str(OUT), "--budget-s", str(BUDGET_S),
+                           "--case-limit", str(CASE_LIMIT_S)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=BUDGET_S + CASE_LIMIT_S + 600)
     if proc.returncode != 0:
         pytest.fail(f"triton_compile_check.py exited {proc.returncode}:\n"
                     f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -73,6 +81,9 @@ def compile_table() -> dict:
 def test_triton_kernel_compiles_within_limits(compile_table: dict, name: str) -> None:
     entry = compile_table.get(name)
     assert entry is not None, f"{name}: missing from {OUT / 'table.json'}"
+    if entry.get("not_reached"):
+        pytest.skip(f"{name}: not compiled within the {BUDGET_S} s budget "
+                    "(VDEBLUR_TRITON_COMPILE_BUDGET_S)")
     assert entry["error"] is None, f"{name}: {entry['error']}"
     assert entry["rows"], f"{name}: the launchers launched no kernel"
     problems = [f"sm_{r['arch']} {r['kernel']}: {p}" for r in entry["rows"] for p in r["problems"]]
