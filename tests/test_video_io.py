@@ -34,7 +34,9 @@ def test_video_roundtrip_keeps_count_size_rate(tmp_path: Path, suffix: str):
     assert abs(float(video.fps) - float(fps)) < 1e-3
     for i in (0, 4, 8, 2):  # 2 after 8: older than the 3 kept, decoded again from the start
         assert video[i].shape == (3, 30, 43)
-        assert metrics.psnr(video[i], frames[i]).item() > 30, f"frame {i}"  # lossy codecs
+        # lossy codecs, limited colour range: 29.8 dB seen once with .avi's MPEG-4 on a random
+        # draw, so the bound is 27 dB; the order check below is what tells frames apart
+        assert metrics.psnr(video[i], frames[i]).item() > 27, f"frame {i}"
     # frame order survives: each decoded frame is closest to its own source frame
     errs = torch.tensor([[metrics.psnr(video[i], frames[j]).item() for j in range(9)]
                          for i in range(9)])
