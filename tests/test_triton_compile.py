@@ -30,13 +30,6 @@ OUT = REPO / "build" / "triton_compile"
 # Known failures, tracked elsewhere; strict=False so that the fixes show up as XPASS, not red.
 # (case-name regex, reason). The test still runs them and the table still lists them.
 KNOWN_BROKEN = [
-    (r"^dynamic_filter/8K-", "issue #13 item 7: dynamic_filter's grid axis 1 = cdiv(Ho*Wo, BLOCK) "
-                             "passes 65535 above 16.7 MP frames (fix under way in "
-                             "vdeblur_ops/triton/dynamic_filter.py)"),
-    (r"^temporal_attention/.*/float32", "temporal_attention float32 with 3xTF32 (precision "
-                                        "'ieee'): _weight_grad_kernel on sm_80 uses 255 registers "
-                                        "and spills 896 B / 756 B (measured at C=768); the "
-                                        "'tf32' variant measured clean at C=768"),
     (r"^memory_readout/.*/float32$", "memory_readout float32 (tf32x3 tl.dot tiles, BQ=BM=64, "
                                      "8 warps) spills 0.3-13 KB per thread on sm_80/sm_90: "
                                      "reported, not fixed yet"),
