@@ -61,7 +61,9 @@ def compile_table() -> dict:
     env["CUDA_VISIBLE_DEVICES"] = ""  # compile only, even on a machine with a GPU
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "triton_compile_check.py"),
                            "--out", str(OUT), "--budget-s", str(BUDGET_S),
-                           "--case-limit", str(CASE_LIMIT_S)], cwd=REPO, env=env,
+                           "--case-limit", str(CASE_LIMIT_S),
+                           "--last", "|".join(pattern for pattern, _ in KNOWN_BROKEN)],
+                          cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=BUDGET_S + CASE_LIMIT_S + 600)
     if proc.returncode != 0:
         pytest.fail(f"triton_compile_check.py exited {proc.returncode}:\n"

@@ -330,11 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds one case (both archs) may take; 0 = no limit")
     parser.add_argument("--budget-s", type=float, default=0.0,
                         help="seconds after which no further case is started; 0 = no limit")
+    parser.add_argument("--last", default="",
+                        help="run the cases matching this regex after all others (known-slow, "
+                             "known-broken ones, so the budget goes to the rest first)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     archs = claimed_archs()
     names = [n for n in CASES if re.search(args.only, n)]
+    if args.last:
+        names.sort(key=lambda n: bool(re.search(args.last, n)))  # stable: CASES order otherwise
     results = run_cases(names, archs, args.case_limit, args.budget_s)
     write_table(results, Path(args.out), archs)
     return 0
