@@ -30,9 +30,10 @@ OUT = REPO / "build" / "triton_compile"
 # Known failures, tracked elsewhere; strict=False so that the fixes show up as XPASS, not red.
 # (case-name regex, reason). The test still runs them and the table still lists them.
 KNOWN_BROKEN = [
-    (r"^memory_readout/.*/float32$", "memory_readout float32 (tf32x3 tl.dot tiles, BQ=BM=64, "
-                                     "8 warps) spills 0.3-13 KB per thread on sm_80/sm_90: "
-                                     "reported, not fixed yet"),
+    (r"^memory_readout/.*-top0-.*/float32$", "memory_readout full softmax, float32 (tf32x3 "
+                                             "tl.dot tiles, BQ=BM=64, 8 warps) spills 0.4-2 KB "
+                                             "per thread on sm_80/sm_90: not fixed yet (the "
+                                             "top-20 float32 kernels compile clean)"),
 ]
 
 
