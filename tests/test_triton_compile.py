@@ -31,7 +31,7 @@ OUT = REPO / "build" / "triton_compile"
 # (case-name regex, reason). The test still runs them and the table still lists them.
 KNOWN_BROKEN = [
     (r"^memory_readout/.*-top0-.*/float32$", "memory_readout full softmax, float32 (tf32x3 "
-                                             "tl.dot tiles, BQ=BM=64, 8 warps) spills 0.4-2 KB "
+                                             "tl.dot tiles, BQ=BM=64, 8 warps) spills 0.3-3 KB "
                                              "per thread on sm_80/sm_90: not fixed yet (the "
                                              "top-20 float32 kernels compile clean)"),
 ]
