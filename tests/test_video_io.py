@@ -74,7 +74,7 @@ def test_deblur_video_in_video_out_and_gt(tmp_path: Path, capsys):
     assert deblur.main([*common, "--input", str(src), "--output", str(out_dir),
                         "--gt", str(gt_dir)]) == 0
     printed = capsys.readouterr().out
-    match = re.search(r"PSNR ([\d.]+) dB, SSIM ([\d.]+) over 6 frames", printed)
+    match = re.search(r"PSNR (-?[\d.]+) dB, SSIM (-?[\d.]+) over 6 frames", printed)
     assert match, printed
     written = sorted(out_dir.glob("*.png"))
     assert len(written) == 6
