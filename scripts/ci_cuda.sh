@@ -47,6 +47,9 @@ stage "import vdeblur_ops (installed)"
 (cd "$WORK" && "$PY" -c "import vdeblur_ops; print('backends on cuda:', vdeblur_ops.available_backends('cuda'))")
 
 stage "test suite under $TORCH_SPEC"
-# -P: no source folder on sys.path, so the tests import the installed package.
-(cd "$WORK/src" && VDEBLUR_EXPECT_CUDA=1 "$PY" -P -m pytest -q -ra -p no:cacheprovider tests "$@")
+# -P: no source folder on sys.path, so the tests import the installed package. The Triton
+# compile-for-sm_90 test runs in the first CI step (the Triton the GPU machines have, 3.6); this
+# torch brings another Triton with a cold cache, where that test alone takes most of the 90 min.
+(cd "$WORK/src" && VDEBLUR_EXPECT_CUDA=1 "$PY" -P -m pytest -q -ra -p no:cacheprovider \
+  --ignore=tests/test_triton_compile.py tests "$@")
 stage "done"
