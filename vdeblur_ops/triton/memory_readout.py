@@ -17,8 +17,19 @@ memory) stay int32.
 
 "l2" is S = 2*scale*(k.q) - scale*|k|^2: the dot product plus the extra |k|^2 channel, applied
 per memory row. Accumulation is float32; bfloat16 / float16 operands feed tl.dot directly.
+
+Tiles of the full-softmax kernels on a GPU (_HALF_TILES, _FLOAT32_TILES; ptxas -v of sm_80 and
+sm_90 at the MemDeblur 720p shapes, tests/test_triton_compile.py): 16-bit operands take 64 x 64
+tiles of 64 channels. float32 takes smaller ones, chosen per kernel, because its 3xTF32 dots
+keep a hi and a lo tf32 part of both operands in registers (twice a 16-bit tile's operand
+registers, each 32-bit), and a dot operand is replicated across the warps of the other axis, so
+more warps do not shrink it: at 64 x 64 the float32 kernels spilled 340-3056 B a thread. The
+dK / dQ kernels also run with one pipeline stage in float32 (two spilled 30-120 B even at
+32 x 32: the prefetched tiles' addresses stay live across the loop).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -27,38 +38,69 @@ import triton.language as tl
 from . import TRITON_INTERPRETING, device_guard
 
 
-_BLOCK_Q = 64
+_BLOCK_Q = 64  # top-k kernels
 _BLOCK_M = 64
 _MAX_CV_BLOCK = 64  # value channels per program: wider blocks spill registers (sm_90, ptxas)
 _INTERPRET_BLOCK = 16  # small tiles under the interpreter: tests span several of them
-_STAGES = 2  # software-pipeline depth of the streaming loops: 3 needs > 163 KiB of shared
-             # memory in float32 (the A100 limit); ptxas reports for sm_80 / sm_90 fit with 2
+
+
+@dataclass(frozen=True)
+class _Tiles:
+    """Launch of one full-softmax kernel on a GPU: queries and memory positions per tile,
+    value channels per block, warps, software-pipeline stages."""
+    bq: int
+    bm: int
+    cvb: int
+    warps: int
+    stages: int
+
+
+# Stages: 3 need > 163 KiB of shared memory in float32 (the A100 limit). Registers per thread
+# and spills of each choice (ptxas, MemDeblur 720p, sm_80 / sm_90) are in the docstring's note
+# and build/triton_compile/table.md.
+_HALF_TILES = {"fwd": _Tiles(64, 64, 64, 8, 2), "dv": _Tiles(64, 64, 64, 4, 2),
+               "dk": _Tiles(64, 64, 64, 4, 2), "dq": _Tiles(64, 64, 64, 4, 2)}
+_FLOAT32_TILES = {"fwd": _Tiles(64, 32, 32, 8, 2), "dv": _Tiles(32, 64, 32, 4, 2),
+                  "dk": _Tiles(32, 64, 32, 4, 1), "dq": _Tiles(32, 32, 32, 4, 1)}
+
+
+def _full_tiles(kernel: str, dtype: torch.dtype, device: torch.device) -> _Tiles:
+    """Tiles of full-softmax kernel "fwd", "dv", "dk" or "dq" for operands of ``dtype``; under
+    the interpreter 16 x 16 tiles (4 warps) with the GPU's channel block, so that tests span
+    several tiles and take the GPU's channel loop."""
+    tiles = (_FLOAT32_TILES if dtype == torch.float32 else _HALF_TILES)[kernel]
+    if device.type == "cpu":
+        return replace(tiles, bq=_INTERPRET_BLOCK, bm=_INTERPRET_BLOCK, warps=4)
+    return tiles
+
+
+def _query_block(device: torch.device, nq: int, bq: int, programs_per_block: int) -> int:
+    """bq, halved down to 16 while blocks of bq queries would leave fewer than two programs per
+    SM (each program streams over the whole memory, so an idle SM is not made up for later)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    while bq > 16 and triton.cdiv(nq, bq) * programs_per_block < 2 * sms:
+        bq //= 2
+    return bq
 
 
 def _blocks(device: torch.device, nq: int | None = None,
             programs_per_block: int = 1) -> tuple[int, int]:
-    """(queries, memory positions) per tile. On a GPU the query block shrinks from 64 to 32 or
-    16 when larger blocks would leave fewer than two programs per SM (each program streams over
-    the whole memory, so an idle SM is not made up for later)."""
+    """(queries, memory positions) per tile of the top-k kernels; on a GPU the query block
+    shrinks as in _query_block."""
     if device.type == "cpu":
         return _INTERPRET_BLOCK, _INTERPRET_BLOCK
     if nq is None:
         return _BLOCK_Q, _BLOCK_M
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    bq = _BLOCK_Q
-    while bq > 16 and triton.cdiv(nq, bq) * programs_per_block < 2 * sms:
-        bq //= 2
-    return bq, _BLOCK_M
+    return _query_block(device, nq, _BLOCK_Q, programs_per_block), _BLOCK_M
 
 
 def _pow2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(x))
 
 
-def _cv_block(channels: int, dtype: torch.dtype) -> int:
-    """Value channels per program: all of them (padded to a power of two), at most 64."""
-    del dtype  # one limit for every dtype so far
-    return min(_pow2(channels), _MAX_CV_BLOCK)
+def _cv_block(channels: int, limit: int = _MAX_CV_BLOCK) -> int:
+    """Channels per block: all of them (padded to a power of two), at most ``limit``."""
+    return min(_pow2(channels), limit)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -190,10 +232,13 @@ def _full_forward(q, k, vals, outs, lse, l2, scale):
     n, ck, nq = q.shape
     nm = k.shape[2]
     ds, ns = _scales(l2, scale)
+    tiles = _full_tiles("fwd", q.dtype, q.device)
     for pair_no, (a, b) in enumerate(_pairs(vals)):
         cv_max = max(vals[a].shape[1], vals[b].shape[1] if b is not None else 0)
-        cvb = _cv_block(cv_max, q.dtype)
-        bq, bm = _blocks(q.device, nq, n * triton.cdiv(cv_max, cvb))
+        cvb = _cv_block(cv_max, tiles.cvb)
+        bq, bm = tiles.bq, tiles.bm
+        if q.device.type != "cpu":
+            bq = _query_block(q.device, nq, bq, n * triton.cdiv(cv_max, cvb))
         grid = (triton.cdiv(nq, bq), n, triton.cdiv(cv_max, cvb))
         v1 = vals[b] if b is not None else vals[a]
         o1 = outs[b] if b is not None else outs[a]
@@ -202,8 +247,8 @@ def _full_forward(q, k, vals, outs, lse, l2, scale):
             q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             vals[a].stride(0), vals[a].stride(1), v1.stride(0), v1.stride(1), ds, ns,
             TWO=b is not None, WRITE_LSE=pair_no == 0, L2=l2, CK_P=_pow2(ck), CVB=cvb,
-            BQ=bq, BM=bm, PREC=_precision(q.dtype), num_warps=4 if q.device.type == "cpu" else 8,
-            num_stages=_STAGES)
+            BQ=bq, BM=bm, PREC=_precision(q.dtype), num_warps=tiles.warps,
+            num_stages=tiles.stages)
 
 
 @triton.jit
@@ -280,7 +325,7 @@ def _topk_gather(vals, weight, index, outs):
     bq = _blocks(weight.device)[0]
     for v, o in zip(vals, outs):
         cv = v.shape[1]
-        cvb = _cv_block(cv, v.dtype)
+        cvb = _cv_block(cv)
         _gather_kernel[(triton.cdiv(nq, bq), n, triton.cdiv(cv, cvb))](
             v, weight, index, o, cv, nq, kk, v.stride(0), v.stride(1), CVB=cvb, BQ=bq, num_warps=4)
 
@@ -438,13 +483,12 @@ def backward(grads, query_key, memory_key, values, outputs, stat, index, l2, top
     f32 = dict(device=q.device, dtype=torch.float32)
     gq, gk = torch.empty((n, ck, nq), **f32), torch.empty((n, ck, nm), **f32)
     ds, ns = _scales(l2, scale)
-    bq, bm = _blocks(q.device)
     if top_k == 0:
         gvs = [torch.empty((n, v.shape[1], nm), **f32) for v in vals]
         with device_guard(q):
-            _full_backward(q, k, vals, grads, outputs, stat.contiguous(), gq, gk, gvs, l2, ds, ns,
-                           bq, bm)
+            _full_backward(q, k, vals, grads, outputs, stat.contiguous(), gq, gk, gvs, l2, ds, ns)
     else:
+        bq = _blocks(q.device)[0]
         gvs = [torch.zeros((n, v.shape[1], nm), **f32) for v in vals]
         with device_guard(q):
             _topk_backward(q, k, vals, grads, stat.contiguous(), index.contiguous(), gq, gk, gvs,
@@ -453,35 +497,39 @@ def backward(grads, query_key, memory_key, values, outputs, stat, index, l2, top
             + [g.to(v.dtype) for g, v in zip(gvs, values)])
 
 
-def _full_backward(q, k, vals, grads, outputs, lse, gq, gk, gvs, l2, ds, ns, bq, bm):
+def _full_backward(q, k, vals, grads, outputs, lse, gq, gk, gvs, l2, ds, ns):
     n, ck, nq = q.shape
     nm = k.shape[2]
     prec, ck_p = _precision(q.dtype), _pow2(ck)
     delta = sum((g.float() * o.float()).sum(1) for g, o in zip(grads, outputs)).contiguous()
     common = (ck, nq, nm)
     qk_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1))
+    dv = _full_tiles("dv", q.dtype, q.device)
     for v, g, gv in zip(vals, grads, gvs):
         cv = v.shape[1]
-        cvb = _cv_block(cv, v.dtype)
-        _full_bwd_dv_kernel[(triton.cdiv(nm, bm), n, triton.cdiv(cv, cvb))](
+        cvb = _cv_block(cv, dv.cvb)
+        _full_bwd_dv_kernel[(triton.cdiv(nm, dv.bm), n, triton.cdiv(cv, cvb))](
             q, k, g, lse, gv, *common, cv, *qk_strides, ds, ns, L2=l2, CK_P=ck_p, CVB=cvb,
-            BQ=bq, BM=bm, PREC=prec, num_warps=4, num_stages=_STAGES)
+            BQ=dv.bq, BM=dv.bm, PREC=prec, num_warps=dv.warps, num_stages=dv.stages)
     # dS = P (dP - delta) is linear in dP = sum over value tensors: the first pair of values
     # brings -delta, later pairs add P dP_pair (delta = 0) into their own float32 buffers.
     zero_delta = torch.zeros_like(delta)
     for pair_no, (a, b) in enumerate(_pairs(vals)):
         v1 = vals[b] if b is not None else vals[a]
         g1 = grads[b] if b is not None else grads[a]
-        cvb = _cv_block(max(vals[a].shape[1], v1.shape[1]), q.dtype)
         gk_out = gk if pair_no == 0 else torch.empty_like(gk)
         gq_out = gq if pair_no == 0 else torch.empty_like(gq)
         args = (q, k, vals[a], v1, grads[a], g1, lse, delta if pair_no == 0 else zero_delta)
-        meta = dict(TWO=b is not None, L2=l2, CK_P=ck_p, CVB=cvb, BQ=bq, BM=bm, PREC=prec,
-                    num_warps=4, num_stages=_STAGES)
         tail = (*common, vals[a].shape[1], v1.shape[1], *qk_strides, vals[a].stride(0),
                 vals[a].stride(1), v1.stride(0), v1.stride(1), ds, ns)
-        _full_bwd_dkdq_kernel[(triton.cdiv(nm, bm), n)](*args, gk_out, *tail, FOR_KEYS=True, **meta)
-        _full_bwd_dkdq_kernel[(triton.cdiv(nq, bq), n)](*args, gq_out, *tail, FOR_KEYS=False, **meta)
+        for for_keys, out, length in ((True, gk_out, nm), (False, gq_out, nq)):
+            tiles = _full_tiles("dk" if for_keys else "dq", q.dtype, q.device)
+            cvb = _cv_block(max(vals[a].shape[1], v1.shape[1]), tiles.cvb)
+            block = tiles.bm if for_keys else tiles.bq
+            _full_bwd_dkdq_kernel[(triton.cdiv(length, block), n)](
+                *args, out, *tail, FOR_KEYS=for_keys, TWO=b is not None, L2=l2, CK_P=ck_p,
+                CVB=cvb, BQ=tiles.bq, BM=tiles.bm, PREC=prec, num_warps=tiles.warps,
+                num_stages=tiles.stages)
         if pair_no > 0:
             gk.add_(gk_out)
             gq.add_(gq_out)
@@ -493,7 +541,7 @@ def _topk_backward(q, k, vals, grads, weight, index, gq, gk, gvs, l2, ds, ns, bq
     dw = torch.zeros((n, kk, nq), device=q.device, dtype=torch.float32)
     for v, g, gv in zip(vals, grads, gvs):
         cv = v.shape[1]
-        cvb = _cv_block(cv, v.dtype)
+        cvb = _cv_block(cv)
         _topk_dw_kernel[(triton.cdiv(nq, bq), n)](v, g, weight, index, dw, cv, nq, kk, v.stride(0),
                                                    v.stride(1), CVB=cvb, BQ=bq, num_warps=4)
         # dV[:, idx] += w dO
@@ -503,7 +551,7 @@ def _topk_backward(q, k, vals, grads, weight, index, gq, gk, gvs, l2, ds, ns, bq
     dsc = (weight * (dw - (weight * dw).sum(1, keepdim=True))).contiguous()  # dS (N, k, Nq)
     # dK[:, idx] += ds dS Q (atomic) and dQ = ds sum_t dS K[:, idx]; then the l2 norm channel.
     gk.zero_()
-    ckb = _cv_block(ck, q.dtype)
+    ckb = _cv_block(ck)
     _topk_scatter_kernel[(triton.cdiv(nq, bq), n, triton.cdiv(ck, ckb))](
         q, dsc, index, gk, k, gq, ck, nq, nm, kk, q.stride(0), q.stride(1), k.stride(0),
         k.stride(1), CB=ckb, BQ=bq, num_warps=4)
