@@ -100,8 +100,8 @@ def test_gradients_match_reference(backend_name, device, similarity, top_k):
 @pytest.mark.parametrize("backend_name,device", BACKENDS)
 @pytest.mark.parametrize("top_k", [None, 4])
 def test_three_values_and_wide_channels(backend_name, device, top_k):
-    """Three value tensors (the Triton kernels read values in pairs) and Cv = 70 (two channel
-    blocks per Triton program in float32)."""
+    """Three value tensors (the Triton kernels read values in pairs) and Cv = 70 (three channel
+    blocks of 32 in the float32 Triton kernels)."""
     def t(*size):
         return torch.randn(*size, device=device, requires_grad=True)
     q, k, vals = untied(lambda: (t(1, 5, 20), t(1, 5, 24), [t(1, 70, 24), t(1, 3, 24), t(1, 5, 24)]),

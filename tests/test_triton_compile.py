@@ -28,13 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "build" / "triton_compile"
 
 # Known failures, tracked elsewhere; strict=False so that the fixes show up as XPASS, not red.
-# (case-name regex, reason). The test still runs them and the table still lists them.
-KNOWN_BROKEN = [
-    (r"^memory_readout/.*-top0-.*/float32$", "memory_readout full softmax, float32 (tf32x3 "
-                                             "tl.dot tiles, BQ=BM=64, 8 warps) spills 0.3-3 KB "
-                                             "per thread on sm_80/sm_90: not fixed yet (the "
-                                             "top-20 float32 kernels compile clean)"),
-]
+# (case-name regex, reason). The test still runs them and the table still lists them. None now:
+# the float32 full-softmax memory_readout kernels compile without spills since their float32
+# tiles (vdeblur_ops/triton/memory_readout.py).
+KNOWN_BROKEN: list[tuple[str, str]] = []
 
 
 # A cold Triton cache on a 2-core machine took over an hour for every case (under heavy load);

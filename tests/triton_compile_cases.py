@@ -13,7 +13,8 @@ Shapes (720p = 720 x 1280):
   kernels) and "tf32".
 * memory_readout: MemDeblur at 720p: Ck=64 keys at 1/16 (45 x 80 = 3600 queries), a 5-frame
   bank (18000 positions), Cv=256 values (two for the forward bank, one for the backward bank),
-  l2 affinity, top_k=20 and the full softmax.
+  l2 affinity, top_k=20 and the full softmax; float32 also with the dot affinity (no |k|^2
+  channel: other code, and float32 is the dtype whose kernels came closest to spilling).
 """
 from __future__ import annotations
 
@@ -95,15 +96,15 @@ def _float32_matmul_precision(precision: str) -> Iterator[None]:
             torch.set_float32_matmul_precision(saved)
 
 
-def _memory_readout(top_k: int, num_values: int, dtype: torch.dtype) -> None:
+def _memory_readout(top_k: int, num_values: int, dtype: torch.dtype, l2: bool = True) -> None:
     from vdeblur_ops.triton import memory_readout as mr
     n, ck, cv = 1, 64, 256
     nq = math.ceil(H720 / 16) * math.ceil(W720 / 16)
     q, k = _t(n, ck, nq, dtype=dtype), _t(n, ck, 5 * nq, dtype=dtype)
     values = [_t(n, cv, 5 * nq, dtype=dtype) for _ in range(num_values)]
     scale = 1.0 / math.sqrt(ck)
-    *outs, stat, index = mr.forward(q, k, values, True, top_k, scale)
-    mr.backward(outs, q, k, values, outs, stat, index, True, top_k, scale)
+    *outs, stat, index = mr.forward(q, k, values, l2, top_k, scale)
+    mr.backward(outs, q, k, values, outs, stat, index, l2, top_k, scale)
 
 
 def _build_cases() -> dict[str, tuple[str, Callable[[], None]]]:
@@ -132,6 +133,11 @@ def _build_cases() -> dict[str, tuple[str, Callable[[], None]]]:
                 cases[f"memory_readout/MemDeblur720p-top{top_k}-values{nv}/{dname}"] = (
                     "memory_readout",
                     lambda top_k=top_k, nv=nv, dtype=dtype: _memory_readout(top_k, nv, dtype))
+                if dtype == torch.float32:
+                    cases[f"memory_readout/MemDeblur720p-top{top_k}-values{nv}-dot/{dname}"] = (
+                        "memory_readout",
+                        lambda top_k=top_k, nv=nv: _memory_readout(top_k, nv, torch.float32,
+                                                                   l2=False))
     return cases
 
 
