@@ -3,7 +3,8 @@
 Full softmax, forward: one program per (query block, batch, value-channel block) streams over
 memory tiles: S = K_t^T Q (tl.dot), online softmax per query, O_i += V_i,t P for up to two value
 tensors with the same P; the log-sum-exp is saved. More than two value tensors are read two at a
-time (S is recomputed per pair); Cv is split into blocks of at most 64 channels per program.
+time (S is recomputed per pair); Cv is split into blocks of at most 64 channels per program
+(32 in float32).
 Full softmax, backward (FlashAttention-2 style, P recomputed from the log-sum-exp): one kernel per
 memory tile for dV (per channel block) and dK, one per query block for dQ; no atomics.
 Top-k, forward: one program per query block keeps each query's k best (value, index) in registers
@@ -21,11 +22,11 @@ per memory row. Accumulation is float32; bfloat16 / float16 operands feed tl.dot
 Tiles of the full-softmax kernels on a GPU (_HALF_TILES, _FLOAT32_TILES; ptxas -v of sm_80 and
 sm_90 at the MemDeblur 720p shapes, tests/test_triton_compile.py): 16-bit operands take 64 x 64
 tiles of 64 channels. float32 takes smaller ones, chosen per kernel, because its 3xTF32 dots
-keep a hi and a lo tf32 part of both operands in registers (twice a 16-bit tile's operand
-registers, each 32-bit), and a dot operand is replicated across the warps of the other axis, so
-more warps do not shrink it: at 64 x 64 the float32 kernels spilled 340-3056 B a thread. The
-dK / dQ kernels also run with one pipeline stage in float32 (two spilled 30-120 B even at
-32 x 32: the prefetched tiles' addresses stay live across the loop).
+keep a hi and a lo tf32 part of both operands in registers, each 32 bits (four times a 16-bit
+operand's registers): at 64 x 64 the float32 kernels spilled 340-3056 B a thread, and 8 warps
+instead of 4 hardly helped on sm_80 (dV: 712 B instead of 772 B; every warp holds the whole
+reduction axis of its operand slice). The dK / dQ kernels also run with one pipeline stage in
+float32: with two they spilled 28-124 B a thread at 32 x 32 and 164-544 B at 32 x 64.
 """
 from __future__ import annotations
 
@@ -55,9 +56,9 @@ class _Tiles:
     stages: int
 
 
-# Stages: 3 need > 163 KiB of shared memory in float32 (the A100 limit). Registers per thread
-# and spills of each choice (ptxas, MemDeblur 720p, sm_80 / sm_90) are in the docstring's note
-# and build/triton_compile/table.md.
+# Stages: 3 need > 163 KiB of shared memory in float32 (the A100 limit). Why float32 differs:
+# the module docstring. ptxas registers a thread at MemDeblur 720p, two values, l2, sm_80 /
+# sm_90, no spills: float32 fwd 165 / 183, dv 242 / 178, dk 255 / 215, dq 254 / 236.
 _HALF_TILES = {"fwd": _Tiles(64, 64, 64, 8, 2), "dv": _Tiles(64, 64, 64, 4, 2),
                "dk": _Tiles(64, 64, 64, 4, 2), "dq": _Tiles(64, 64, 64, 4, 2)}
 _FLOAT32_TILES = {"fwd": _Tiles(64, 32, 32, 8, 2), "dv": _Tiles(32, 64, 32, 4, 2),
