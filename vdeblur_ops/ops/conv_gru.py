@@ -25,6 +25,12 @@ per-sample block (C, *spatial) is contiguous is read in place, whatever its batc
 layouts are made contiguous first. Outputs are contiguous; on CPU, those of 32 MiB and more (the
 2C-4C gradients and the saved workspace at video sizes) reuse freed buffers instead of fresh pages
 (:func:`vdeblur_ops.empty_cpu_cache`).
+
+Autocast policy: "promote" (as torch's addcmul / cat): all inputs are cast to the widest of their
+dtypes. Under autocast the gate tensors are bfloat16 / float16 conv outputs while the recurrent
+state h is float32; casting h down would round the state to 8 bits of mantissa at every step and
+the rounding would accumulate through time, so the gates are widened instead and h' keeps h's
+dtype. Registered on the torch ops too (vdeblur_ops/_autocast.py).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .. import _checks
+from .. import _autocast, _checks
 from .._backend import OpFamily
 from ..reference import conv_gru as ref
 from ..triton import TRITON_UNAVAILABLE_REASON
@@ -258,6 +264,7 @@ def _register(ops: SimpleNamespace) -> None:
 
 for _ops in _OPS.values():
     _register(_ops)
+    _autocast.register((_ops.reset, _ops.update, _ops.gates), _autocast.PROMOTE)
 
 
 # ---- public API -------------------------------------------------------------------------------
@@ -287,6 +294,7 @@ def _ops_for(backend: str) -> SimpleNamespace:
     return _OPS["triton" if backend == "triton" else "cpp"]
 
 
+@_autocast.apply(_autocast.PROMOTE)
 def conv_gru_reset(gx_zr: torch.Tensor, gh_zr: torch.Tensor,
                    h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ConvGRU gates before the reset conv (paper form, TSV-RNN Eqs. 3-4).
@@ -302,6 +310,9 @@ def conv_gru_reset(gx_zr: torch.Tensor, gh_zr: torch.Tensor,
 
     Returns:
         ``(z, rh)``, each (N, C, *spatial), contiguous, differentiable with respect to all inputs.
+
+    Autocast: "promote": every input is cast to the widest dtype among them (a float32 h keeps
+    bfloat16 gates from rounding the state); outputs have that dtype, gradients each input's own.
     """
     _check(h, {"gx_zr": (gx_zr, 2), "gh_zr": (gh_zr, 2)})
     backend = FAMILY.choose(h)
@@ -311,6 +322,7 @@ def conv_gru_reset(gx_zr: torch.Tensor, gh_zr: torch.Tensor,
     return z, rh
 
 
+@_autocast.apply(_autocast.PROMOTE)
 def conv_gru_update(z: torch.Tensor, gx_n: torch.Tensor, gh_n: torch.Tensor,
                     h: torch.Tensor) -> torch.Tensor:
     """ConvGRU candidate and update (paper form, TSV-RNN Eqs. 5-6).
@@ -325,6 +337,9 @@ def conv_gru_update(z: torch.Tensor, gx_n: torch.Tensor, gh_n: torch.Tensor,
 
     Returns:
         h' (N, C, *spatial), contiguous, differentiable with respect to all inputs.
+
+    Autocast: "promote": every input is cast to the widest dtype among them (a float32 h keeps
+    bfloat16 gates from rounding the state); h' has that dtype, gradients each input's own.
     """
     _check(h, {"z": (z, 1), "gx_n": (gx_n, 1), "gh_n": (gh_n, 1)})
     backend = FAMILY.choose(h)
@@ -334,6 +349,7 @@ def conv_gru_update(z: torch.Tensor, gx_n: torch.Tensor, gh_n: torch.Tensor,
     return h_new
 
 
+@_autocast.apply(_autocast.PROMOTE)
 def conv_gru_gates(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """All ConvGRU gates in one pass, reset-after form (one conv on h for all three gates).
 
@@ -347,6 +363,9 @@ def conv_gru_gates(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch
 
     Returns:
         h' (N, C, *spatial), contiguous, differentiable with respect to all inputs.
+
+    Autocast: "promote": every input is cast to the widest dtype among them (a float32 h keeps
+    bfloat16 gates from rounding the state); h' has that dtype, gradients each input's own.
     """
     _check(h, {"gx": (gx, 3), "gh": (gh, 3)})
     backend = FAMILY.choose(h)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
+from .. import _autocast, _checks
 from .._backend import OpFamily
 from ..reference import dynamic_filter as ref
 from ..triton import TRITON_UNAVAILABLE_REASON
@@ -142,6 +142,7 @@ def _register(forward_op, grad_input_op, grad_weight_op) -> None:
 
 for _ops in _OPS.values():
     _register(*_ops)
+    _autocast.register(_ops[:1], _autocast.LOWER_PRECISION)  # the forward; see _autocast
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int,
@@ -188,6 +189,7 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, strid
     return weight, padding
 
 
+@_autocast.apply(_autocast.LOWER_PRECISION)
 def dynamic_filter2d(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int = 1,
                      padding: int | None = None, dilation: int = 1,
                      filter_scale: int = 1) -> torch.Tensor:
@@ -216,6 +218,9 @@ def dynamic_filter2d(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, st
 
     Returns:
         (N, C, Ho, Wo), contiguous, differentiable with respect to x and weight.
+
+    Autocast: "lower precision" (like conv2d): x and weight are cast to the autocast dtype,
+    float64 excepted; the output has that dtype and each gradient its input's own dtype.
     """
     weight, padding = _check_inputs(x, weight, kernel_size, stride, padding, dilation,
                                     filter_scale)

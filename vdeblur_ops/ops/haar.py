@@ -9,6 +9,14 @@ Torch ops (``torch.ops.vdeblur``), C++ (CPU / CUDA) and Triton twins with one sc
 ``scale`` is the butterfly's per-level factor (DWT: 1/2 "ortho", 1/4 "average"; IDWT: 1/2, 1).
 The 4x4 sign matrix is symmetric, so the adjoint of a DWT with scale s is the IDWT butterfly with
 the same s and vice versa: each op's backward is the other op of the same backend.
+
+Autocast policy: "promote" (as torch's cat): the transform is a fixed +-1 butterfly with no
+products worth running in lower precision, so it runs in the widest dtype of its inputs (a
+bfloat16 conv output stays bfloat16, a float32 frame stays float32; IDWT bands of mixed dtypes
+meet in the widest). Registered on the torch ops too (vdeblur_ops/_autocast.py).
+
+channels_last: x / ll / highs in channels_last (or any strides) are read through their strides by
+the reference; the C++ and Triton backends make a contiguous copy first. Outputs are contiguous.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _checks
+from .. import _autocast, _checks
 from .._backend import OpFamily
 from ..reference import haar as ref
 from ..triton import TRITON_UNAVAILABLE_REASON
@@ -101,12 +109,14 @@ def _register(dwt_op, idwt_op) -> None:
 
 for _dwt_op, _idwt_op in _OPS.values():
     _register(_dwt_op, _idwt_op)
+    _autocast.register((_dwt_op, _idwt_op), _autocast.PROMOTE)
 
 
 def _ops_for(backend: str) -> tuple[object, object]:
     return _OPS["triton" if backend == "triton" else "cpp"]
 
 
+@_autocast.apply(_autocast.PROMOTE)
 def haar_dwt2d(x: torch.Tensor, levels: int = 1, norm: str = "ortho",
                highs_layout: str = "channel") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Multi-level 2-D Haar wavelet transform.
@@ -123,6 +133,8 @@ def haar_dwt2d(x: torch.Tensor, levels: int = 1, norm: str = "ortho",
     Returns:
         ``(ll, highs)``: ll (N, C, ceil(H/2^L), ceil(W/2^L)) and a list of L high-band tensors,
         finest first. All outputs are contiguous and differentiable with respect to x.
+
+    Autocast: "promote"; with one input nothing is cast and the outputs have x's dtype.
     """
     _checks.check_tensor(x, "x", ndim=4)
     _checks.check_int(levels, "levels", 1, MAX_LEVELS)
@@ -173,6 +185,7 @@ def _check_idwt_inputs(ll: torch.Tensor, highs: Sequence[torch.Tensor], highs_la
     return [int(output_size[0]), int(output_size[1])]
 
 
+@_autocast.apply(_autocast.PROMOTE)
 def haar_idwt2d(ll: torch.Tensor, highs: Sequence[torch.Tensor], norm: str = "ortho",
                 highs_layout: str = "channel",
                 output_size: Sequence[int] | None = None) -> torch.Tensor:
@@ -187,6 +200,9 @@ def haar_idwt2d(ll: torch.Tensor, highs: Sequence[torch.Tensor], norm: str = "or
 
     Returns:
         (N, C, H, W), contiguous, differentiable with respect to ll and every highs tensor.
+
+    Autocast: "promote": ll and highs are cast to the widest of their dtypes (each gradient comes
+    back in its input's own dtype); the output has that dtype.
     """
     size = _check_idwt_inputs(ll, highs, highs_layout, output_size)
     _checks.check_choice(norm, "norm", NORMS)

@@ -16,6 +16,12 @@ Torch ops (``torch.ops.vdeblur``), C++ (CPU) and Triton twins with one schema ea
 The public function drops ``stat`` and ``index``; autograd keeps them for the backward (full
 softmax: FlashAttention-2 style recomputation from the log-sum-exp; top-k: through the kept
 entries only).
+
+Autocast policy: "lower precision" (as torch's scaled_dot_product_attention, which the full
+softmax readout is): query_key, memory_key and values are cast to the autocast dtype (float64 is
+left alone); the softmax statistics stay float32 inside the kernels. On CPU the C++ kernel takes
+float32 / float64 only, so under CPU bfloat16 autocast the reference backend runs (in bfloat16).
+Registered on the torch ops too (vdeblur_ops/_autocast.py).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _checks
+from .. import _autocast, _checks
 from .._backend import OpFamily
 from ..reference import memory_readout as ref
 from ..triton import TRITON_UNAVAILABLE_REASON
@@ -121,6 +127,7 @@ def _register(forward_op, backward_op) -> None:
 
 for _fwd_op, _bwd_op in _OPS.values():
     _register(_fwd_op, _bwd_op)
+    _autocast.register((_fwd_op,), _autocast.LOWER_PRECISION)  # the forward; see _autocast
 
 
 def _check_inputs(query_key: torch.Tensor, memory_key: torch.Tensor, values: list[torch.Tensor],
@@ -151,6 +158,7 @@ def _check_inputs(query_key: torch.Tensor, memory_key: torch.Tensor, values: lis
     _checks.check_same(tensors, "dtype")
 
 
+@_autocast.apply(_autocast.LOWER_PRECISION)
 def memory_readout(query_key: torch.Tensor, memory_key: torch.Tensor,
                    values: torch.Tensor | Sequence[torch.Tensor], similarity: str = "l2",
                    top_k: int | None = None,
@@ -179,6 +187,9 @@ def memory_readout(query_key: torch.Tensor, memory_key: torch.Tensor,
     Returns:
         (N, Cv, Nq) contiguous, or a list of them when ``values`` is a list. Differentiable with
         respect to query_key, memory_key and values (top-k: through the kept entries).
+
+    Autocast: "lower precision" (like SDPA): every tensor is cast to the autocast dtype, float64
+    excepted; outputs have that dtype, gradients each input's own dtype.
     """
     single = isinstance(values, torch.Tensor)
     vals = [values] if single else list(values) if isinstance(values, (list, tuple)) else None

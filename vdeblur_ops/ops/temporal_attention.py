@@ -14,12 +14,22 @@ Torch ops (``torch.ops.vdeblur``), one schema each for the C++ (CPU) and the Tri
 There is no CUDA C++ kernel for this family: on CUDA tensors the Triton kernels run (``tl.dot``
 reaches the tensor cores) for every supported shape (C <= 1024, T <= 16), in float32, bfloat16
 and float16; float32 products follow torch's float32 matmul precision (3xTF32 for "highest").
+
+Autocast policy: "lower precision" (as torch's scaled_dot_product_attention and linear, which the
+layer is made of): l, m and every weight and bias are cast to the autocast dtype (float64 is left
+alone); the kernels keep softmax and accumulations in float32. On CPU the C++ kernel takes
+float32 / float64 only, so under CPU bfloat16 autocast the reference backend runs (in bfloat16).
+Registered on the torch ops too (vdeblur_ops/_autocast.py).
+
+channels_last does not apply (the tensors are 5-D (N, T, C, H, W)); inputs of any other strides
+are made contiguous by the C++ and Triton backends and read through their strides by the
+reference.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import _checks
+from .. import _autocast, _checks
 from .._backend import OpFamily
 from ..reference import temporal_attention as ref
 from ..triton import TRITON_UNAVAILABLE_REASON
@@ -112,6 +122,7 @@ def _register(forward_op, backward_op) -> None:
 
 for _fwd_op, _bwd_op in _OPS.values():
     _register(_fwd_op, _bwd_op)
+    _autocast.register((_fwd_op,), _autocast.LOWER_PRECISION)  # the forward; see _autocast
 
 
 def _check_inputs(l, m, params, scale, heads, return_attention) -> None:
@@ -144,6 +155,7 @@ def _check_inputs(l, m, params, scale, heads, return_attention) -> None:
     _checks.check_same(tensors, "dtype")
 
 
+@_autocast.apply(_autocast.LOWER_PRECISION)
 def temporal_attention(l: torch.Tensor, m: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
                        w_f: torch.Tensor, b_f: torch.Tensor, w_q: torch.Tensor, b_q: torch.Tensor,
                        w_k: torch.Tensor, b_k: torch.Tensor, w_v: torch.Tensor, b_v: torch.Tensor,
@@ -170,6 +182,9 @@ def temporal_attention(l: torch.Tensor, m: torch.Tensor, w_h: torch.Tensor, b_h:
         ``(l_out, m_out)``, both (N, T, C, H, W) contiguous, and ``attn`` (N, heads, H, W, T, T)
         as a third item when ``return_attention``. Differentiable with respect to l, m and every
         weight and bias (a gradient flowing into ``attn`` is honoured too).
+
+    Autocast: "lower precision" (like SDPA and linear): every tensor is cast to the autocast
+    dtype, float64 excepted; outputs have that dtype, gradients each input's own dtype.
     """
     params = (w_h, b_h, w_f, b_f, w_q, b_q, w_k, b_k, w_v, b_v)
     _check_inputs(l, m, params, scale, heads, return_attention)
