@@ -43,6 +43,7 @@ class Case:
     policy_dtype: torch.dtype
     tol: dict
     scales: list[float] | None = None  # per input, so activations stay O(1)
+    accept: Callable[[list[torch.Tensor]], bool] | None = None  # redraw inputs until True
 
 
 def _params(c: int) -> list[tuple[int, ...]]:
@@ -52,6 +53,15 @@ def _params(c: int) -> list[tuple[int, ...]]:
 def _param_scales(c: int) -> list[float]:
     # nn.Linear-sized weights, small biases (as tests/test_temporal_attention.py)
     return [c ** -0.5 if name.startswith("w") else 0.3 for name in ref_ta.PARAM_NAMES]
+
+
+def _clear_top3(t: list[torch.Tensor]) -> bool:
+    """Each query's 3rd and 4th largest affinities (on the bfloat16-cast inputs) differ by more
+    than bfloat16 arithmetic can move them, so every backend keeps the same 3 memory entries."""
+    q, k = (x.detach().to(BF16).double() for x in t[:2])
+    s = (2 * torch.einsum("nck,ncq->nkq", k, q) - k.square().sum(1)[..., None]) * 0.5
+    top = s.topk(4, dim=1).values
+    return bool((top[:, 2] - top[:, 3]).min() > 0.25)
 
 
 CASES = {
@@ -92,7 +102,7 @@ CASES = {
         "memory_readout",
         lambda t: vdeblur_ops.memory_readout(t[0], t[1], [t[2]], top_k=3, scale=0.5),
         lambda t: ref_mr.memory_readout(t[0], t[1], [t[2]], "l2", 3, 0.5),
-        [(1, 4, 5), (1, 4, 7), (1, 3, 7)], [F32, BF16, F32], BF16, ATTN_TOL),
+        [(1, 4, 5), (1, 4, 7), (1, 3, 7)], [F32, BF16, F32], BF16, ATTN_TOL, accept=_clear_top3),
 }
 
 
@@ -107,8 +117,12 @@ def _flat(out: object) -> list[torch.Tensor]:
 
 def _inputs(case: Case) -> list[torch.Tensor]:
     scales = case.scales or [1.0] * len(case.shapes)
-    return [(a * torch.randn(s)).to(d).requires_grad_()
-            for s, d, a in zip(case.shapes, case.dtypes, scales)]
+    for _ in range(1000):
+        inputs = [(a * torch.randn(s)).to(d).requires_grad_()
+                  for s, d, a in zip(case.shapes, case.dtypes, scales)]
+        if case.accept is None or case.accept(inputs):
+            return inputs
+    raise AssertionError("no acceptable random inputs in 1000 draws")
 
 
 def _grad_err(got: torch.Tensor, ref: torch.Tensor, all_refs) -> float:

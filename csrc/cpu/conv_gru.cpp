@@ -1,5 +1,7 @@
-// CPU ConvGRU gates: one pass over memory per op. The (N*C*S) elements are split into runs that
-// stay inside one (n, c) plane, so each run is a plain loop over contiguous memory. gcc 12 does not
+// CPU ConvGRU gates: one pass over memory per op. The elements are split into runs that stay
+// inside one row of the layout (conv_gru.h: a sample's C*S elements per chunk when channel-major,
+// a pixel's C channels per chunk when channels_last), so each run is a plain loop over contiguous
+// memory and both layouts are read in place by the same row functions. gcc 12 does not
 // vectorise the element maths by itself (the exp's float -> int -> bits step and the selects keep
 // it scalar: ~40 ns an element), so the runs are vectorised explicitly with at::vec::Vectorized
 // (AVX2 + FMA, 8 floats a register, two registers a step): the element maths of
@@ -95,44 +97,33 @@ namespace m = conv_gru;
 // Elements per parallel task: large enough to amortise the task, small enough to split a frame.
 constexpr int64_t kGrain = 32768;
 
-struct Shape {
-  int64_t N, C, S;  // batch, channels of h, spatial elements per plane
-};
-
-Shape shape_of(const at::Tensor& h) {
-  const int64_t N = h.size(0), C = h.size(1);
-  return {N, C, h.numel() / (N * C)};
-}
-
-// A (N, k*C, S) tensor with a contiguous per-sample block: plane j of sample n starts at
-// base + n * batch_stride + j * S.
+// A tensor of the call's layout (conv_gru.h): element i of chunk j of row o is at
+// base + o * stride + j * inner + i.
 template <typename T>
-struct Planes {
+struct Rows {
   T* base;
-  int64_t batch_stride;
-  T* at(int64_t n, int64_t plane, int64_t S, int64_t i0) const {
-    return base + n * batch_stride + plane * S + i0;
-  }
+  int64_t stride, inner;
+  T* at(int64_t o, int64_t chunk, int64_t i0) const { return base + o * stride + chunk * inner + i0; }
 };
 
 template <typename T>
-Planes<const T> in(const at::Tensor& t) {
-  return {t.const_data_ptr<T>(), t.size(0) > 1 ? t.stride(0) : 0};
+Rows<const T> in(const at::Tensor& t, const GruLayout& l) {
+  return {t.const_data_ptr<T>(), row_stride(t, l), l.inner};
 }
 
 template <typename T>
-Planes<T> out(const at::Tensor& t) {  // an undefined tensor (nothing to save) gives nullptr
-  if (!t.defined() || t.numel() == 0) return {nullptr, 0};
-  return {t.mutable_data_ptr<T>(), t.size(0) > 1 ? t.stride(0) : 0};
+Rows<T> out(const at::Tensor& t, const GruLayout& l) {  // undefined (nothing to save): nullptr
+  if (!t.defined() || t.numel() == 0) return {nullptr, 0, l.inner};
+  return {t.mutable_data_ptr<T>(), row_stride(t, l), l.inner};
 }
 
-// Calls f(n, c, i0, len) on runs of at most one plane each, covering every element once.
+// Calls f(o, i0, len) on runs inside one row each, covering every element once.
 template <typename F>
-void for_each_run(const Shape& s, const F& f) {
-  at::parallel_for(0, s.N * s.C * s.S, kGrain, [&](int64_t b, int64_t e) {
+void for_each_run(const GruLayout& l, const F& f) {
+  at::parallel_for(0, l.outer * l.inner, kGrain, [&](int64_t b, int64_t e) {
     while (b < e) {
-      const int64_t p = b / s.S, i0 = b - p * s.S, len = std::min(s.S - i0, e - b);
-      f(p / s.C, p % s.C, i0, len);
+      const int64_t o = b / l.inner, i0 = b - o * l.inner, len = std::min(l.inner - i0, e - b);
+      f(o, i0, len);
       b += len;
     }
   });
@@ -393,101 +384,90 @@ VDEBLUR_ROW void gates_backward_row(int64_t len, const T* __restrict g, const T*
 #define VDEBLUR_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
-void conv_gru_reset(const at::Tensor& gx_zr, const at::Tensor& gh_zr, const at::Tensor& h, const at::Tensor& z,
-                    const at::Tensor& rh, const at::Tensor& r) {
-  const Shape s = shape_of(h);
+void conv_gru_reset(const GruLayout& l, const at::Tensor& gx_zr, const at::Tensor& gh_zr, const at::Tensor& h,
+                    const at::Tensor& z, const at::Tensor& rh, const at::Tensor& r) {
   VDEBLUR_DISPATCH(h.scalar_type(), "conv_gru_reset_cpu", [&] {
-    const auto gx = in<scalar_t>(gx_zr), gh = in<scalar_t>(gh_zr), hp = in<scalar_t>(h);
-    const auto zo = out<scalar_t>(z), rho = out<scalar_t>(rh), ro = out<scalar_t>(r);
-    for_each_run(s, [&](int64_t n, int64_t c, int64_t i0, int64_t len) {
-      const int64_t C = s.C, S = s.S;
+    const auto gx = in<scalar_t>(gx_zr, l), gh = in<scalar_t>(gh_zr, l), hp = in<scalar_t>(h, l);
+    const auto zo = out<scalar_t>(z, l), rho = out<scalar_t>(rh, l), ro = out<scalar_t>(r, l);
+    for_each_run(l, [&](int64_t o, int64_t i0, int64_t len) {
       auto row = ro.base ? reset_row<scalar_t, true> : reset_row<scalar_t, false>;
-      row(len, gx.at(n, c, S, i0), gx.at(n, C + c, S, i0), gh.at(n, c, S, i0), gh.at(n, C + c, S, i0),
-          hp.at(n, c, S, i0), zo.at(n, c, S, i0), rho.at(n, c, S, i0), ro.base ? ro.at(n, c, S, i0) : nullptr);
+      row(len, gx.at(o, 0, i0), gx.at(o, 1, i0), gh.at(o, 0, i0), gh.at(o, 1, i0), hp.at(o, 0, i0),
+          zo.at(o, 0, i0), rho.at(o, 0, i0), ro.base ? ro.at(o, 0, i0) : nullptr);
     });
   });
 }
 
-void conv_gru_reset_backward(const at::Tensor& grad_z, const at::Tensor& grad_rh, const at::Tensor& z,
-                             const at::Tensor& r, const at::Tensor& h, const at::Tensor& grad_zr,
-                             const at::Tensor& grad_h) {
-  const Shape s = shape_of(h);
+void conv_gru_reset_backward(const GruLayout& l, const at::Tensor& grad_z, const at::Tensor& grad_rh,
+                             const at::Tensor& z, const at::Tensor& r, const at::Tensor& h,
+                             const at::Tensor& grad_zr, const at::Tensor& grad_h) {
   VDEBLUR_DISPATCH(h.scalar_type(), "conv_gru_reset_backward_cpu", [&] {
-    const auto gz = in<scalar_t>(grad_z), grh = in<scalar_t>(grad_rh), zp = in<scalar_t>(z),
-               rp = in<scalar_t>(r), hp = in<scalar_t>(h);
-    const auto ga = out<scalar_t>(grad_zr), gh = out<scalar_t>(grad_h);
-    for_each_run(s, [&](int64_t n, int64_t c, int64_t i0, int64_t len) {
-      const int64_t C = s.C, S = s.S;
-      reset_backward_row(len, gz.at(n, c, S, i0), grh.at(n, c, S, i0), zp.at(n, c, S, i0), rp.at(n, c, S, i0),
-                         hp.at(n, c, S, i0), ga.at(n, c, S, i0), ga.at(n, C + c, S, i0), gh.at(n, c, S, i0));
+    const auto gz = in<scalar_t>(grad_z, l), grh = in<scalar_t>(grad_rh, l), zp = in<scalar_t>(z, l),
+               rp = in<scalar_t>(r, l), hp = in<scalar_t>(h, l);
+    const auto ga = out<scalar_t>(grad_zr, l), gh = out<scalar_t>(grad_h, l);
+    for_each_run(l, [&](int64_t o, int64_t i0, int64_t len) {
+      reset_backward_row(len, gz.at(o, 0, i0), grh.at(o, 0, i0), zp.at(o, 0, i0), rp.at(o, 0, i0), hp.at(o, 0, i0),
+                         ga.at(o, 0, i0), ga.at(o, 1, i0), gh.at(o, 0, i0));
     });
   });
 }
 
-void conv_gru_update(const at::Tensor& z, const at::Tensor& gx_n, const at::Tensor& gh_n, const at::Tensor& h,
-                     const at::Tensor& h_new, const at::Tensor& h_hat) {
-  const Shape s = shape_of(h);
+void conv_gru_update(const GruLayout& l, const at::Tensor& z, const at::Tensor& gx_n, const at::Tensor& gh_n,
+                     const at::Tensor& h, const at::Tensor& h_new, const at::Tensor& h_hat) {
   VDEBLUR_DISPATCH(h.scalar_type(), "conv_gru_update_cpu", [&] {
-    const auto zp = in<scalar_t>(z), gx = in<scalar_t>(gx_n), gh = in<scalar_t>(gh_n), hp = in<scalar_t>(h);
-    const auto ho = out<scalar_t>(h_new), hh = out<scalar_t>(h_hat);
-    for_each_run(s, [&](int64_t n, int64_t c, int64_t i0, int64_t len) {
-      const int64_t S = s.S;
+    const auto zp = in<scalar_t>(z, l), gx = in<scalar_t>(gx_n, l), gh = in<scalar_t>(gh_n, l),
+               hp = in<scalar_t>(h, l);
+    const auto ho = out<scalar_t>(h_new, l), hh = out<scalar_t>(h_hat, l);
+    for_each_run(l, [&](int64_t o, int64_t i0, int64_t len) {
       auto row = hh.base ? update_row<scalar_t, true> : update_row<scalar_t, false>;
-      row(len, zp.at(n, c, S, i0), gx.at(n, c, S, i0), gh.at(n, c, S, i0), hp.at(n, c, S, i0),
-          ho.at(n, c, S, i0), hh.base ? hh.at(n, c, S, i0) : nullptr);
+      row(len, zp.at(o, 0, i0), gx.at(o, 0, i0), gh.at(o, 0, i0), hp.at(o, 0, i0), ho.at(o, 0, i0),
+          hh.base ? hh.at(o, 0, i0) : nullptr);
     });
   });
 }
 
-void conv_gru_update_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& h_hat,
-                              const at::Tensor& h, const at::Tensor& grad_z, const at::Tensor& grad_n,
-                              const at::Tensor& grad_h) {
-  const Shape s = shape_of(h);
+void conv_gru_update_backward(const GruLayout& l, const at::Tensor& grad, const at::Tensor& z,
+                              const at::Tensor& h_hat, const at::Tensor& h, const at::Tensor& grad_z,
+                              const at::Tensor& grad_n, const at::Tensor& grad_h) {
   VDEBLUR_DISPATCH(h.scalar_type(), "conv_gru_update_backward_cpu", [&] {
-    const auto g = in<scalar_t>(grad), zp = in<scalar_t>(z), hh = in<scalar_t>(h_hat), hp = in<scalar_t>(h);
-    const auto gz = out<scalar_t>(grad_z), gn = out<scalar_t>(grad_n), gh = out<scalar_t>(grad_h);
-    for_each_run(s, [&](int64_t n, int64_t c, int64_t i0, int64_t len) {
-      const int64_t S = s.S;
-      update_backward_row(len, g.at(n, c, S, i0), zp.at(n, c, S, i0), hh.at(n, c, S, i0), hp.at(n, c, S, i0),
-                          gz.at(n, c, S, i0), gn.at(n, c, S, i0), gh.at(n, c, S, i0));
+    const auto g = in<scalar_t>(grad, l), zp = in<scalar_t>(z, l), hh = in<scalar_t>(h_hat, l),
+               hp = in<scalar_t>(h, l);
+    const auto gz = out<scalar_t>(grad_z, l), gn = out<scalar_t>(grad_n, l), gh = out<scalar_t>(grad_h, l);
+    for_each_run(l, [&](int64_t o, int64_t i0, int64_t len) {
+      update_backward_row(len, g.at(o, 0, i0), zp.at(o, 0, i0), hh.at(o, 0, i0), hp.at(o, 0, i0), gz.at(o, 0, i0),
+                          gn.at(o, 0, i0), gh.at(o, 0, i0));
     });
   });
 }
 
-void conv_gru_gates(const at::Tensor& gx, const at::Tensor& gh, const at::Tensor& h, const at::Tensor& h_new,
-                    const at::Tensor& workspace) {
-  const Shape s = shape_of(h);
+void conv_gru_gates(const GruLayout& l, const at::Tensor& gx, const at::Tensor& gh, const at::Tensor& h,
+                    const at::Tensor& h_new, const at::Tensor& workspace) {
   VDEBLUR_DISPATCH(h.scalar_type(), "conv_gru_gates_cpu", [&] {
-    const auto x = in<scalar_t>(gx), u = in<scalar_t>(gh), hp = in<scalar_t>(h);
-    const auto ho = out<scalar_t>(h_new), ws = out<scalar_t>(workspace);
-    for_each_run(s, [&](int64_t n, int64_t c, int64_t i0, int64_t len) {
-      const int64_t C = s.C, S = s.S;
-      const scalar_t *xz = x.at(n, c, S, i0), *xr = x.at(n, C + c, S, i0), *xn = x.at(n, 2 * C + c, S, i0);
-      const scalar_t *uz = u.at(n, c, S, i0), *ur = u.at(n, C + c, S, i0), *un = u.at(n, 2 * C + c, S, i0);
+    const auto x = in<scalar_t>(gx, l), u = in<scalar_t>(gh, l), hp = in<scalar_t>(h, l);
+    const auto ho = out<scalar_t>(h_new, l), ws = out<scalar_t>(workspace, l);
+    for_each_run(l, [&](int64_t o, int64_t i0, int64_t len) {
+      const scalar_t *xz = x.at(o, 0, i0), *xr = x.at(o, 1, i0), *xn = x.at(o, 2, i0);
+      const scalar_t *uz = u.at(o, 0, i0), *ur = u.at(o, 1, i0), *un = u.at(o, 2, i0);
       if (ws.base) {
-        gates_row<scalar_t, true>(len, xz, xr, xn, uz, ur, un, hp.at(n, c, S, i0), ho.at(n, c, S, i0),
-                                  ws.at(n, c, S, i0), ws.at(n, C + c, S, i0), ws.at(n, 2 * C + c, S, i0),
-                                  ws.at(n, 3 * C + c, S, i0));
+        gates_row<scalar_t, true>(len, xz, xr, xn, uz, ur, un, hp.at(o, 0, i0), ho.at(o, 0, i0), ws.at(o, 0, i0),
+                                  ws.at(o, 1, i0), ws.at(o, 2, i0), ws.at(o, 3, i0));
       } else {
-        gates_row<scalar_t, false>(len, xz, xr, xn, uz, ur, un, hp.at(n, c, S, i0), ho.at(n, c, S, i0), nullptr,
+        gates_row<scalar_t, false>(len, xz, xr, xn, uz, ur, un, hp.at(o, 0, i0), ho.at(o, 0, i0), nullptr,
                                    nullptr, nullptr, nullptr);
       }
     });
   });
 }
 
-void conv_gru_gates_backward(const at::Tensor& grad, const at::Tensor& workspace, const at::Tensor& h,
-                             const at::Tensor& grad_gx, const at::Tensor& grad_gh, const at::Tensor& grad_h) {
-  const Shape s = shape_of(h);
+void conv_gru_gates_backward(const GruLayout& l, const at::Tensor& grad, const at::Tensor& workspace,
+                             const at::Tensor& h, const at::Tensor& grad_gx, const at::Tensor& grad_gh,
+                             const at::Tensor& grad_h) {
   VDEBLUR_DISPATCH(h.scalar_type(), "conv_gru_gates_backward_cpu", [&] {
-    const auto g = in<scalar_t>(grad), ws = in<scalar_t>(workspace), hp = in<scalar_t>(h);
-    const auto gx = out<scalar_t>(grad_gx), gu = out<scalar_t>(grad_gh), gh = out<scalar_t>(grad_h);
-    for_each_run(s, [&](int64_t n, int64_t c, int64_t i0, int64_t len) {
-      const int64_t C = s.C, S = s.S;
-      gates_backward_row(len, g.at(n, c, S, i0), ws.at(n, c, S, i0), ws.at(n, C + c, S, i0),
-                         ws.at(n, 2 * C + c, S, i0), ws.at(n, 3 * C + c, S, i0), hp.at(n, c, S, i0),
-                         gx.at(n, c, S, i0), gx.at(n, C + c, S, i0), gx.at(n, 2 * C + c, S, i0), gu.at(n, c, S, i0),
-                         gu.at(n, C + c, S, i0), gu.at(n, 2 * C + c, S, i0), gh.at(n, c, S, i0));
+    const auto g = in<scalar_t>(grad, l), ws = in<scalar_t>(workspace, l), hp = in<scalar_t>(h, l);
+    const auto gx = out<scalar_t>(grad_gx, l), gu = out<scalar_t>(grad_gh, l), gh = out<scalar_t>(grad_h, l);
+    for_each_run(l, [&](int64_t o, int64_t i0, int64_t len) {
+      gates_backward_row(len, g.at(o, 0, i0), ws.at(o, 0, i0), ws.at(o, 1, i0), ws.at(o, 2, i0), ws.at(o, 3, i0),
+                         hp.at(o, 0, i0), gx.at(o, 0, i0), gx.at(o, 1, i0), gx.at(o, 2, i0), gu.at(o, 0, i0),
+                         gu.at(o, 1, i0), gu.at(o, 2, i0), gh.at(o, 0, i0));
     });
   });
 }

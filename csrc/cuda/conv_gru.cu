@@ -1,5 +1,7 @@
 // CUDA ConvGRU gates: element-wise, grid-stride, 16-byte loads and stores where every pointer,
-// batch stride and the per-sample block size allow it (else one element per step). The element
+// row stride and the row's chunk size allow it (else one element per step). A row is a sample
+// (contiguous tensors) or a pixel (channels_last: the C channels of one chunk are adjacent), so the
+// same kernels read both layouts in place (conv_gru.h). The element
 // maths is vdeblur/conv_gru.h, shared with the CPU kernels; reduced precision computes in float.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,7 +31,8 @@ __device__ __forceinline__ Pack<T, V> load(const T* p) { return *reinterpret_cas
 template <int V, typename T>
 __device__ __forceinline__ void store(T* p, const Pack<T, V>& x) { *reinterpret_cast<Pack<T, V>*>(p) = x; }
 
-// ---- one functor per op: run<V>(n, i, CS) handles elements i..i+V-1 of sample n ---------------
+// ---- one functor per op: run<V>(n, i, CS) handles elements i..i+V-1 of row n ------------------
+// (CS: elements per chunk of a row; s_*: the inputs' row strides; outputs are dense, k * CS a row)
 
 template <typename T>
 struct ResetOp {
@@ -205,7 +208,7 @@ template <int V, typename Op>
 __global__ void __launch_bounds__(kThreads) elementwise_kernel(Op op, int64_t CS, int64_t groups) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += step) {
-    const int64_t e = g * V;  // CS % V == 0, so the V elements share one sample
+    const int64_t e = g * V;  // CS % V == 0, so the V elements share one row
     const int64_t n = e / CS;
     op.template run<V>(n, e - n * CS, CS);
   }
@@ -234,7 +237,7 @@ template <typename T, typename Op>
 cudaError_t launch(const Op& op, GruShape s, std::initializer_list<const void*> ptrs,
                    std::initializer_list<int64_t> strides, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
-  const int64_t CS = s.C * s.S, total = s.N * CS;
+  const int64_t CS = s.inner, total = s.outer * CS;
   bool vec = CS % kVec == 0;
   for (const void* p : ptrs) vec = vec && aligned(p, 16);
   for (int64_t st : strides) vec = vec && st % kVec == 0;
@@ -263,10 +266,10 @@ cudaError_t conv_gru_reset(DType dtype, GruShape s, In gx_zr, In gh_zr, In h, vo
                            cudaStream_t stream) {
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const ResetOp<T> op{cp<T>(gx_zr), cp<T>(gh_zr), cp<T>(h), gx_zr.batch_stride, gh_zr.batch_stride, h.batch_stride,
+    const ResetOp<T> op{cp<T>(gx_zr), cp<T>(gh_zr), cp<T>(h), gx_zr.row_stride, gh_zr.row_stride, h.row_stride,
                         static_cast<T*>(z), static_cast<T*>(rh), static_cast<T*>(r)};
     return launch<T>(op, s, {gx_zr.ptr, gh_zr.ptr, h.ptr, z, rh, r},
-                     {gx_zr.batch_stride, gh_zr.batch_stride, h.batch_stride}, stream);
+                     {gx_zr.row_stride, gh_zr.row_stride, h.row_stride}, stream);
   });
 }
 
@@ -275,10 +278,10 @@ cudaError_t conv_gru_reset_backward(DType dtype, GruShape s, In grad_z, In grad_
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const ResetBackwardOp<T> op{cp<T>(grad_z), cp<T>(grad_rh), cp<T>(z), cp<T>(r), cp<T>(h),
-                                grad_z.batch_stride, grad_rh.batch_stride, z.batch_stride, r.batch_stride,
-                                h.batch_stride, static_cast<T*>(grad_zr), static_cast<T*>(grad_h)};
+                                grad_z.row_stride, grad_rh.row_stride, z.row_stride, r.row_stride,
+                                h.row_stride, static_cast<T*>(grad_zr), static_cast<T*>(grad_h)};
     return launch<T>(op, s, {grad_z.ptr, grad_rh.ptr, z.ptr, r.ptr, h.ptr, grad_zr, grad_h},
-                     {grad_z.batch_stride, grad_rh.batch_stride, z.batch_stride, r.batch_stride, h.batch_stride},
+                     {grad_z.row_stride, grad_rh.row_stride, z.row_stride, r.row_stride, h.row_stride},
                      stream);
   });
 }
@@ -287,10 +290,10 @@ cudaError_t conv_gru_update(DType dtype, GruShape s, In z, In gx_n, In gh_n, In 
                             cudaStream_t stream) {
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const UpdateOp<T> op{cp<T>(z), cp<T>(gx_n), cp<T>(gh_n), cp<T>(h), z.batch_stride, gx_n.batch_stride,
-                         gh_n.batch_stride, h.batch_stride, static_cast<T*>(h_new), static_cast<T*>(h_hat)};
+    const UpdateOp<T> op{cp<T>(z), cp<T>(gx_n), cp<T>(gh_n), cp<T>(h), z.row_stride, gx_n.row_stride,
+                         gh_n.row_stride, h.row_stride, static_cast<T*>(h_new), static_cast<T*>(h_hat)};
     return launch<T>(op, s, {z.ptr, gx_n.ptr, gh_n.ptr, h.ptr, h_new, h_hat},
-                     {z.batch_stride, gx_n.batch_stride, gh_n.batch_stride, h.batch_stride}, stream);
+                     {z.row_stride, gx_n.row_stride, gh_n.row_stride, h.row_stride}, stream);
   });
 }
 
@@ -298,11 +301,11 @@ cudaError_t conv_gru_update_backward(DType dtype, GruShape s, In grad, In z, In 
                                      void* grad_n, void* grad_h, cudaStream_t stream) {
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const UpdateBackwardOp<T> op{cp<T>(grad), cp<T>(z), cp<T>(h_hat), cp<T>(h), grad.batch_stride, z.batch_stride,
-                                 h_hat.batch_stride, h.batch_stride, static_cast<T*>(grad_z),
+    const UpdateBackwardOp<T> op{cp<T>(grad), cp<T>(z), cp<T>(h_hat), cp<T>(h), grad.row_stride, z.row_stride,
+                                 h_hat.row_stride, h.row_stride, static_cast<T*>(grad_z),
                                  static_cast<T*>(grad_n), static_cast<T*>(grad_h)};
     return launch<T>(op, s, {grad.ptr, z.ptr, h_hat.ptr, h.ptr, grad_z, grad_n, grad_h},
-                     {grad.batch_stride, z.batch_stride, h_hat.batch_stride, h.batch_stride}, stream);
+                     {grad.row_stride, z.row_stride, h_hat.row_stride, h.row_stride}, stream);
   });
 }
 
@@ -310,10 +313,10 @@ cudaError_t conv_gru_gates(DType dtype, GruShape s, In gx, In gh, In h, void* h_
                            cudaStream_t stream) {
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const GatesOp<T> op{cp<T>(gx), cp<T>(gh), cp<T>(h), gx.batch_stride, gh.batch_stride, h.batch_stride,
+    const GatesOp<T> op{cp<T>(gx), cp<T>(gh), cp<T>(h), gx.row_stride, gh.row_stride, h.row_stride,
                         static_cast<T*>(h_new), static_cast<T*>(workspace)};
     return launch<T>(op, s, {gx.ptr, gh.ptr, h.ptr, h_new, workspace},
-                     {gx.batch_stride, gh.batch_stride, h.batch_stride}, stream);
+                     {gx.row_stride, gh.row_stride, h.row_stride}, stream);
   });
 }
 
@@ -321,11 +324,11 @@ cudaError_t conv_gru_gates_backward(DType dtype, GruShape s, In grad, In workspa
                                     void* grad_gh, void* grad_h, cudaStream_t stream) {
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const GatesBackwardOp<T> op{cp<T>(grad), cp<T>(workspace), cp<T>(h), grad.batch_stride,
-                                workspace.batch_stride, h.batch_stride, static_cast<T*>(grad_gx),
+    const GatesBackwardOp<T> op{cp<T>(grad), cp<T>(workspace), cp<T>(h), grad.row_stride,
+                                workspace.row_stride, h.row_stride, static_cast<T*>(grad_gx),
                                 static_cast<T*>(grad_gh), static_cast<T*>(grad_h)};
     return launch<T>(op, s, {grad.ptr, workspace.ptr, h.ptr, grad_gx, grad_gh, grad_h},
-                     {grad.batch_stride, workspace.batch_stride, h.batch_stride}, stream);
+                     {grad.row_stride, workspace.row_stride, h.row_stride}, stream);
   });
 }
 

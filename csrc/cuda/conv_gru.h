@@ -1,9 +1,11 @@
 // CUDA ConvGRU gate launchers (DESIGN.md 4.3): raw pointers, sizes and a stream, no torch headers,
 // so nvcc compiles this on a machine whose torch has no CUDA. csrc/torch/conv_gru.cpp validates.
 //
-// Every tensor is (N, k*C, *spatial) with a contiguous per-sample block of k*C*S elements: inputs
-// carry their batch stride (in elements; 0 when N == 1), outputs are contiguous. A nullptr for an
-// optional output (r, h_hat, workspace) means "not saved".
+// Every tensor is (N, k*C, *spatial) seen as `outer` rows of k chunks of `inner` contiguous
+// elements (cpu/conv_gru.h): channel-major (contiguous) outer = N, inner = C*S; channels_last
+// outer = N*S pixels, inner = C. Chunk j of row o of an input starts at ptr + o * row_stride +
+// j * inner (row_stride in elements, 0 for one row); outputs are dense in the same layout (row
+// stride k * inner). A nullptr for an optional output (r, h_hat, workspace) means "not saved".
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,12 +16,12 @@ namespace vdeblur {
 namespace cuda {
 
 struct GruShape {
-  int64_t N, C, S;  // batch, channels of h, spatial elements per channel
+  int64_t outer, inner;  // rows, and elements per chunk of a row
 };
 
 struct In {
   const void* ptr;
-  int64_t batch_stride;
+  int64_t row_stride;
 };
 
 // z, rh, r (nullable) <- gx_zr (2C), gh_zr (2C), h.

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "cpu_cache_ops.h"
 #include "../cpu/conv_gru.h"
@@ -53,16 +54,37 @@ void check_like(const Tensor& t, const char* name, const Tensor& h, int64_t k, c
               h.device());
 }
 
-// Kernels read a tensor whose per-sample block is contiguous in place (a channel slice of a conv
-// output is), whatever its batch stride; anything else is copied once.
-Tensor blocks(const Tensor& t) { return t.select(0, 0).is_contiguous() ? t : t.contiguous(); }
+using cpu::GruLayout;
 
-// Outputs on CPU come from the buffer cache: the 2C-4C gradients and workspace are above glibc's
-// mmap threshold at real sizes, and fresh pages cost more than the kernels (cpu/buffer_cache.h).
-Tensor like(const Tensor& h, int64_t k = 1) {
+// The layout of a call follows h (as torch's element-wise ops follow their input): pixel-major
+// when h is channels_last (and not also contiguous, as it is when C == 1 or S == 1), else
+// channel-major. Kernels read both in place (cpu/conv_gru.h).
+GruLayout layout_of(const Tensor& h) {
+  const int64_t N = h.size(0), C = h.size(1), S = h.numel() / (N * C);
+  if (cpu::pixel_stride(h) >= 0 && !h.select(0, 0).is_contiguous()) return {N * S, C, true};
+  return {N, C * S, false};
+}
+
+// A tensor already in the call's layout is read in place: channel-major needs a contiguous
+// per-sample block (a channel slice of a conv output has one) with any batch stride, pixel-major
+// adjacent channels at one pixel stride (a channel slice of a channels_last output). Anything else
+// is copied once into the layout.
+Tensor readable(const Tensor& t, const GruLayout& l) {
+  if (l.pixel_major) return cpu::pixel_stride(t) >= 0 ? t : t.movedim(1, -1).contiguous().movedim(-1, 1);
+  return t.select(0, 0).is_contiguous() ? t : t.contiguous();
+}
+
+// Outputs, dense in the call's layout. On CPU they come from the buffer cache: the 2C-4C
+// gradients and workspace are above glibc's mmap threshold at real sizes, and fresh pages cost
+// more than the kernels (cpu/buffer_cache.h).
+Tensor like(const Tensor& h, const GruLayout& l, int64_t k = 1) {
   auto sizes = h.sizes().vec();
   sizes[1] *= k;
-  return cpu::empty_output(sizes, h.options());
+  if (!l.pixel_major) return cpu::empty_output(sizes, h.options());
+  std::vector<int64_t> pixel_sizes{sizes[0]};  // (N, *spatial, kC), channels innermost
+  pixel_sizes.insert(pixel_sizes.end(), sizes.begin() + 2, sizes.end());
+  pixel_sizes.push_back(sizes[1]);
+  return cpu::empty_output(pixel_sizes, h.options()).movedim(-1, 1);
 }
 
 Tensor nothing(const Tensor& h) { return at::empty({0}, h.options()); }
@@ -76,9 +98,10 @@ std::tuple<Tensor, Tensor, Tensor> reset_impl(const Tensor& gx_zr, const Tensor&
   check_state(h_in, op);
   check_like(gx_zr, "gx_zr", h_in, 2, op);
   check_like(gh_zr, "gh_zr", h_in, 2, op);
-  const Tensor h = blocks(h_in);
-  Tensor z = like(h), rh = like(h), r = save ? like(h) : nothing(h);
-  run(blocks(gx_zr), blocks(gh_zr), h, z, rh, save ? r : Tensor());
+  const GruLayout l = layout_of(h_in);
+  const Tensor h = readable(h_in, l);
+  Tensor z = like(h, l), rh = like(h, l), r = save ? like(h, l) : nothing(h);
+  run(l, readable(gx_zr, l), readable(gh_zr, l), h, z, rh, save ? r : Tensor());
   return {z, rh, r};
 }
 
@@ -91,9 +114,10 @@ std::tuple<Tensor, Tensor> reset_backward_impl(const Tensor& grad_z, const Tenso
   check_like(grad_rh, "grad_rh", h_in, 1, op);
   check_like(z, "z", h_in, 1, op);
   check_like(r, "r", h_in, 1, op);
-  const Tensor h = blocks(h_in);
-  Tensor grad_zr = like(h, 2), grad_h = like(h);
-  run(blocks(grad_z), blocks(grad_rh), blocks(z), blocks(r), h, grad_zr, grad_h);
+  const GruLayout l = layout_of(h_in);
+  const Tensor h = readable(h_in, l);
+  Tensor grad_zr = like(h, l, 2), grad_h = like(h, l);
+  run(l, readable(grad_z, l), readable(grad_rh, l), readable(z, l), readable(r, l), h, grad_zr, grad_h);
   return {grad_zr, grad_h};
 }
 
@@ -105,9 +129,10 @@ std::tuple<Tensor, Tensor> update_impl(const Tensor& z, const Tensor& gx_n, cons
   check_like(z, "z", h_in, 1, op);
   check_like(gx_n, "gx_n", h_in, 1, op);
   check_like(gh_n, "gh_n", h_in, 1, op);
-  const Tensor h = blocks(h_in);
-  Tensor h_new = like(h), h_hat = save ? like(h) : nothing(h);
-  run(blocks(z), blocks(gx_n), blocks(gh_n), h, h_new, save ? h_hat : Tensor());
+  const GruLayout l = layout_of(h_in);
+  const Tensor h = readable(h_in, l);
+  Tensor h_new = like(h, l), h_hat = save ? like(h, l) : nothing(h);
+  run(l, readable(z, l), readable(gx_n, l), readable(gh_n, l), h, h_new, save ? h_hat : Tensor());
   return {h_new, h_hat};
 }
 
@@ -119,9 +144,10 @@ std::tuple<Tensor, Tensor, Tensor> update_backward_impl(const Tensor& grad, cons
   check_like(grad, "grad", h_in, 1, op);
   check_like(z, "z", h_in, 1, op);
   check_like(h_hat, "h_hat", h_in, 1, op);
-  const Tensor h = blocks(h_in);
-  Tensor grad_z = like(h), grad_n = like(h), grad_h = like(h);
-  run(blocks(grad), blocks(z), blocks(h_hat), h, grad_z, grad_n, grad_h);
+  const GruLayout l = layout_of(h_in);
+  const Tensor h = readable(h_in, l);
+  Tensor grad_z = like(h, l), grad_n = like(h, l), grad_h = like(h, l);
+  run(l, readable(grad, l), readable(z, l), readable(h_hat, l), h, grad_z, grad_n, grad_h);
   return {grad_z, grad_n, grad_h};
 }
 
@@ -131,9 +157,10 @@ std::tuple<Tensor, Tensor> gates_impl(const Tensor& gx, const Tensor& gh, const 
   check_state(h_in, op);
   check_like(gx, "gx", h_in, 3, op);
   check_like(gh, "gh", h_in, 3, op);
-  const Tensor h = blocks(h_in);
-  Tensor h_new = like(h), workspace = save ? like(h, 4) : nothing(h);
-  run(blocks(gx), blocks(gh), h, h_new, save ? workspace : Tensor());
+  const GruLayout l = layout_of(h_in);
+  const Tensor h = readable(h_in, l);
+  Tensor h_new = like(h, l), workspace = save ? like(h, l, 4) : nothing(h);
+  run(l, readable(gx, l), readable(gh, l), h, h_new, save ? workspace : Tensor());
   return {h_new, workspace};
 }
 
@@ -144,9 +171,10 @@ std::tuple<Tensor, Tensor, Tensor> gates_backward_impl(const Tensor& grad, const
   check_state(h_in, op);
   check_like(grad, "grad", h_in, 1, op);
   check_like(workspace, "workspace", h_in, 4, op);
-  const Tensor h = blocks(h_in);
-  Tensor grad_gx = like(h, 3), grad_gh = like(h, 3), grad_h = like(h);
-  run(blocks(grad), blocks(workspace), h, grad_gx, grad_gh, grad_h);
+  const GruLayout l = layout_of(h_in);
+  const Tensor h = readable(h_in, l);
+  Tensor grad_gx = like(h, l, 3), grad_gh = like(h, l, 3), grad_h = like(h, l);
+  run(l, readable(grad, l), readable(workspace, l), h, grad_gx, grad_gh, grad_h);
   return {grad_gx, grad_gh, grad_h};
 }
 
@@ -177,12 +205,9 @@ std::tuple<Tensor, Tensor, Tensor> gates_backward_cpu(const Tensor& grad, const 
 // ---- CUDA --------------------------------------------------------------------------------------
 
 #ifdef VDEBLUR_WITH_CUDA
-cuda::GruShape gru_shape(const Tensor& h) {
-  const int64_t N = h.size(0), C = h.size(1);
-  return {N, C, h.numel() / (N * C)};
-}
+cuda::GruShape gru_shape(const GruLayout& l) { return {l.outer, l.inner}; }
 
-cuda::In in(const Tensor& t) { return {t.const_data_ptr(), t.size(0) > 1 ? t.stride(0) : 0}; }
+cuda::In in(const Tensor& t, const GruLayout& l) { return {t.const_data_ptr(), cpu::row_stride(t, l)}; }
 void* out(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 struct DeviceScope {  // the tensors' device and its current stream
@@ -192,62 +217,65 @@ struct DeviceScope {  // the tensors' device and its current stream
 };
 
 std::tuple<Tensor, Tensor, Tensor> reset_cuda(const Tensor& gx_zr, const Tensor& gh_zr, const Tensor& h, bool save) {
-  return reset_impl(gx_zr, gh_zr, h, save, [](const Tensor& gx, const Tensor& gh, const Tensor& hh, const Tensor& z,
-                                              const Tensor& rh, const Tensor& r) {
-    DeviceScope scope(hh);
-    C10_CUDA_CHECK(cuda::conv_gru_reset(to_dtype(hh.scalar_type()), gru_shape(hh), in(gx), in(gh), in(hh), out(z),
-                                        out(rh), out(r), scope.stream));
-  });
+  return reset_impl(gx_zr, gh_zr, h, save,
+                    [](const GruLayout& l, const Tensor& gx, const Tensor& gh, const Tensor& hh, const Tensor& z,
+                       const Tensor& rh, const Tensor& r) {
+                      DeviceScope scope(hh);
+                      C10_CUDA_CHECK(cuda::conv_gru_reset(to_dtype(hh.scalar_type()), gru_shape(l), in(gx, l),
+                                                          in(gh, l), in(hh, l), out(z), out(rh), out(r),
+                                                          scope.stream));
+                    });
 }
 std::tuple<Tensor, Tensor> reset_backward_cuda(const Tensor& grad_z, const Tensor& grad_rh, const Tensor& z,
                                                const Tensor& r, const Tensor& h) {
   return reset_backward_impl(grad_z, grad_rh, z, r, h,
-                             [](const Tensor& gz, const Tensor& grh, const Tensor& zz, const Tensor& rr,
-                                const Tensor& hh, const Tensor& gzr, const Tensor& gh) {
+                             [](const GruLayout& l, const Tensor& gz, const Tensor& grh, const Tensor& zz,
+                                const Tensor& rr, const Tensor& hh, const Tensor& gzr, const Tensor& gh) {
                                DeviceScope scope(hh);
                                C10_CUDA_CHECK(cuda::conv_gru_reset_backward(
-                                   to_dtype(hh.scalar_type()), gru_shape(hh), in(gz), in(grh), in(zz), in(rr),
-                                   in(hh), out(gzr), out(gh), scope.stream));
+                                   to_dtype(hh.scalar_type()), gru_shape(l), in(gz, l), in(grh, l), in(zz, l),
+                                   in(rr, l), in(hh, l), out(gzr), out(gh), scope.stream));
                              });
 }
 std::tuple<Tensor, Tensor> update_cuda(const Tensor& z, const Tensor& gx_n, const Tensor& gh_n, const Tensor& h,
                                        bool save) {
   return update_impl(z, gx_n, gh_n, h, save,
-                     [](const Tensor& zz, const Tensor& gx, const Tensor& gh, const Tensor& hh, const Tensor& h_new,
-                        const Tensor& h_hat) {
+                     [](const GruLayout& l, const Tensor& zz, const Tensor& gx, const Tensor& gh, const Tensor& hh,
+                        const Tensor& h_new, const Tensor& h_hat) {
                        DeviceScope scope(hh);
-                       C10_CUDA_CHECK(cuda::conv_gru_update(to_dtype(hh.scalar_type()), gru_shape(hh), in(zz),
-                                                            in(gx), in(gh), in(hh), out(h_new), out(h_hat),
-                                                            scope.stream));
+                       C10_CUDA_CHECK(cuda::conv_gru_update(to_dtype(hh.scalar_type()), gru_shape(l), in(zz, l),
+                                                            in(gx, l), in(gh, l), in(hh, l), out(h_new),
+                                                            out(h_hat), scope.stream));
                      });
 }
 std::tuple<Tensor, Tensor, Tensor> update_backward_cuda(const Tensor& grad, const Tensor& z, const Tensor& h_hat,
                                                         const Tensor& h) {
   return update_backward_impl(grad, z, h_hat, h,
-                              [](const Tensor& g, const Tensor& zz, const Tensor& hh_hat, const Tensor& hh,
-                                 const Tensor& gz, const Tensor& gn, const Tensor& gh) {
+                              [](const GruLayout& l, const Tensor& g, const Tensor& zz, const Tensor& hh_hat,
+                                 const Tensor& hh, const Tensor& gz, const Tensor& gn, const Tensor& gh) {
                                 DeviceScope scope(hh);
                                 C10_CUDA_CHECK(cuda::conv_gru_update_backward(
-                                    to_dtype(hh.scalar_type()), gru_shape(hh), in(g), in(zz), in(hh_hat), in(hh),
-                                    out(gz), out(gn), out(gh), scope.stream));
+                                    to_dtype(hh.scalar_type()), gru_shape(l), in(g, l), in(zz, l), in(hh_hat, l),
+                                    in(hh, l), out(gz), out(gn), out(gh), scope.stream));
                               });
 }
 std::tuple<Tensor, Tensor> gates_cuda(const Tensor& gx, const Tensor& gh, const Tensor& h, bool save) {
   return gates_impl(gx, gh, h, save,
-                    [](const Tensor& x, const Tensor& u, const Tensor& hh, const Tensor& h_new, const Tensor& ws) {
+                    [](const GruLayout& l, const Tensor& x, const Tensor& u, const Tensor& hh, const Tensor& h_new,
+                       const Tensor& ws) {
                       DeviceScope scope(hh);
-                      C10_CUDA_CHECK(cuda::conv_gru_gates(to_dtype(hh.scalar_type()), gru_shape(hh), in(x), in(u),
-                                                          in(hh), out(h_new), out(ws), scope.stream));
+                      C10_CUDA_CHECK(cuda::conv_gru_gates(to_dtype(hh.scalar_type()), gru_shape(l), in(x, l),
+                                                          in(u, l), in(hh, l), out(h_new), out(ws), scope.stream));
                     });
 }
 std::tuple<Tensor, Tensor, Tensor> gates_backward_cuda(const Tensor& grad, const Tensor& workspace, const Tensor& h) {
   return gates_backward_impl(grad, workspace, h,
-                             [](const Tensor& g, const Tensor& ws, const Tensor& hh, const Tensor& gx,
-                                const Tensor& gu, const Tensor& gh) {
+                             [](const GruLayout& l, const Tensor& g, const Tensor& ws, const Tensor& hh,
+                                const Tensor& gx, const Tensor& gu, const Tensor& gh) {
                                DeviceScope scope(hh);
                                C10_CUDA_CHECK(cuda::conv_gru_gates_backward(
-                                   to_dtype(hh.scalar_type()), gru_shape(hh), in(g), in(ws), in(hh), out(gx),
-                                   out(gu), out(gh), scope.stream));
+                                   to_dtype(hh.scalar_type()), gru_shape(l), in(g, l), in(ws, l), in(hh, l),
+                                   out(gx), out(gu), out(gh), scope.stream));
                              });
 }
 #endif

@@ -20,10 +20,13 @@ The backward ops are differentiable too (double backward): their own backward di
 same element formulas written in plain torch ops, a slow path that only higher-order
 differentiation takes.
 
-Layout: gate tensors may be channel slices of a larger conv output (``gx[:, :2C]``): a tensor whose
-per-sample block (C, *spatial) is contiguous is read in place, whatever its batch stride; other
-layouts are made contiguous first. Outputs are contiguous; on CPU, those of 32 MiB and more (the
-2C-4C gradients and the saved workspace at video sizes) reuse freed buffers instead of fresh pages
+Layout: the layout of a call follows h, as torch's element-wise ops follow their input. When h is
+channels_last (:func:`pixel_major`), every kernel (C++ CPU, CUDA, Triton) reads the tensors
+pixel-major in place (chunk k of pixel p at p*kC + k*C) and the outputs are channels_last too;
+otherwise channel-major (contiguous) in and out. In either layout a channel slice of a larger
+conv output (``gx[:, :2C]``) is read in place whatever its batch / pixel stride; a tensor in the
+other layout is copied once into h's. On CPU, outputs of 32 MiB and more (the 2C-4C gradients and
+the saved workspace at video sizes) reuse freed buffers instead of fresh pages
 (:func:`vdeblur_ops.empty_cpu_cache`).
 
 Autocast policy: "promote" (as torch's addcmul / cat): all inputs are cast to the widest of their
@@ -108,13 +111,45 @@ if TRITON_UNAVAILABLE_REASON is None and FAMILY.missing["triton"] is None:
     _OPS["triton"] = _namespace("_triton")
 
 
-# ---- fake (meta) implementations: shapes only -------------------------------------------------
+# ---- layouts (the rule of csrc/cpu/conv_gru.h, for the Triton launchers and the fake impls) ---
+
+def pixel_stride(t: torch.Tensor) -> int | None:
+    """The pixel stride of t (N, k*C, *spatial) when it lies pixel-major (channels adjacent, every
+    pixel at one stride P, samples S*P apart: channels_last or a channel slice of it), else None;
+    None too without spatial extent (S == 1, where both layouts agree)."""
+    spatial = [d for d in range(t.dim() - 1, 1, -1) if t.shape[d] > 1]
+    if not spatial or (t.shape[1] > 1 and t.stride(1) != 1):
+        return None
+    p = expected = t.stride(spatial[0])
+    for d in range(t.dim() - 1, 1, -1):
+        if t.shape[d] > 1 and t.stride(d) != expected:
+            return None
+        expected *= t.shape[d]
+    if t.shape[0] > 1 and t.stride(0) != expected:
+        return None
+    return p
+
+
+def pixel_major(h: torch.Tensor) -> bool:
+    """Whether a call with state h runs (and returns) channels_last: h is pixel-major and not
+    also contiguous (as it is when C == 1)."""
+    return pixel_stride(h) is not None and not h[0].is_contiguous()
+
+
+def empty_like_layout(h: torch.Tensor, pixel: bool, k: int = 1) -> torch.Tensor:
+    """An uninitialised (N, k*C, *spatial) tensor, dense pixel-major when ``pixel``."""
+    shape = list(h.shape)
+    shape[1] *= k
+    if not pixel:
+        return h.new_empty(shape)
+    return h.new_empty((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
+
+
+# ---- fake (meta) implementations: shapes and strides only --------------------------------------
 
 def _like(t: torch.Tensor, channels: int | None = None) -> torch.Tensor:
-    shape = list(t.shape)
-    if channels is not None:
-        shape[1] = channels
-    return t.new_empty(shape)  # contiguous, as the kernels return
+    k = 1 if channels is None else channels // t.shape[1]
+    return empty_like_layout(t, pixel_major(t), k)  # in h's layout, as the kernels return
 
 
 def _empty(t: torch.Tensor) -> torch.Tensor:
@@ -155,8 +190,9 @@ def _need_saved(saved: torch.Tensor, op: str) -> None:
 
 
 def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    # An output nobody used comes back as None: its gradient is zero.
-    return torch.zeros_like(like, memory_format=torch.contiguous_format) if grad is None else grad
+    # An output nobody used comes back as None: its gradient is zero (in the call's layout, so the
+    # backward kernel reads it in place).
+    return empty_like_layout(like, pixel_major(like)).zero_() if grad is None else grad
 
 
 # The backward ops' element formulas (csrc/include/vdeblur/conv_gru.h) in plain torch ops.
@@ -309,7 +345,8 @@ def conv_gru_reset(gx_zr: torch.Tensor, gh_zr: torch.Tensor,
         h: (N, C, *spatial) the previous state. *spatial is 0 to 3 dims, usually (H, W).
 
     Returns:
-        ``(z, rh)``, each (N, C, *spatial), contiguous, differentiable with respect to all inputs.
+        ``(z, rh)``, each (N, C, *spatial) in h's layout (channels_last when h is, else
+        contiguous), differentiable with respect to all inputs.
 
     Autocast: "promote": every input is cast to the widest dtype among them (a float32 h keeps
     bfloat16 gates from rounding the state); outputs have that dtype, gradients each input's own.
@@ -336,7 +373,8 @@ def conv_gru_update(z: torch.Tensor, gx_n: torch.Tensor, gh_n: torch.Tensor,
         h: (N, C, *spatial) the previous state.
 
     Returns:
-        h' (N, C, *spatial), contiguous, differentiable with respect to all inputs.
+        h' (N, C, *spatial) in h's layout (channels_last when h is, else contiguous),
+        differentiable with respect to all inputs.
 
     Autocast: "promote": every input is cast to the widest dtype among them (a float32 h keeps
     bfloat16 gates from rounding the state); h' has that dtype, gradients each input's own.
@@ -362,7 +400,8 @@ def conv_gru_gates(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch
         h: (N, C, *spatial) the previous state.
 
     Returns:
-        h' (N, C, *spatial), contiguous, differentiable with respect to all inputs.
+        h' (N, C, *spatial) in h's layout (channels_last when h is, else contiguous),
+        differentiable with respect to all inputs.
 
     Autocast: "promote": every input is cast to the widest dtype among them (a float32 h keeps
     bfloat16 gates from rounding the state); h' has that dtype, gradients each input's own.

@@ -13,6 +13,15 @@ Torch ops (``torch.ops.vdeblur``), C++ (CPU / CUDA) and Triton twins with one sc
 
 grad_x is linear in (grad_out, weight) and grad_weight in (grad_out, x), so the backward of each
 op (double backward included) runs the three ops of the same backend.
+
+Autocast policy: "lower precision" (as torch's conv2d, which this op generalises): x and weight
+are cast to the autocast dtype (float64 is left alone) and the output has that dtype.
+Registered on the torch ops too (vdeblur_ops/_autocast.py).
+
+channels_last: the weight is read through its strides by every backend (a channels_last filter
+conv output viewed as (N, G, K*K, h, w) is not copied); x (and grad_out in the backward) in
+channels_last is made contiguous first by the C++ and Triton backends (one copy). The output is
+contiguous.
 """
 from __future__ import annotations
 

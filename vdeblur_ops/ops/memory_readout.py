@@ -22,6 +22,10 @@ softmax readout is): query_key, memory_key and values are cast to the autocast d
 left alone); the softmax statistics stay float32 inside the kernels. On CPU the C++ kernel takes
 float32 / float64 only, so under CPU bfloat16 autocast the reference backend runs (in bfloat16).
 Registered on the torch ops too (vdeblur_ops/_autocast.py).
+
+channels_last: keys and values flattened from channels_last (N, C, H, W) features are
+(N, C, H*W) with stride C along the last axis; both backends read tensors whose last axis is
+contiguous in place and copy the others (so these once each); outputs are contiguous.
 """
 from __future__ import annotations
 

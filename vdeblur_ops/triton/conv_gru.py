@@ -1,8 +1,11 @@
 """Triton ConvGRU gate kernels (DESIGN.md 4.3): one program per block of elements of the
 (N, C, *spatial) state, computing in float32; the same formulas as csrc/include/vdeblur/conv_gru.h.
 
-Gate tensors are read in place when their per-sample block (k*C, *spatial) is contiguous (a
-channel slice of a conv output is), with any batch stride; other layouts are copied once.
+Every tensor (N, k*C, *spatial) is seen as rows of k chunks of CS contiguous elements, chunk j of
+row n at ``t + n * row_stride + j * CS`` (csrc/cpu/conv_gru.h): a row is a sample when h is
+contiguous (CS = C * S) and a pixel when h is channels_last (CS = C, rows N * S), so the same
+kernels read both layouts in place, channel slices of a conv output included; outputs are dense in
+h's layout. Tensors in neither layout are copied once into h's.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def _cast(x, ty: tl.constexpr):
 
 @triton.jit
 def _index(offs, CS):
+    # row n (a sample, or a pixel when channels_last) and element i of its chunk
     n = offs // CS
     return n, offs - n * CS
 
@@ -178,29 +182,43 @@ def _gates_backward_kernel(g, ws, h, gx, gu, gh, CS, total, s_g, s_ws, s_h, BLOC
 
 # ---- launchers ---------------------------------------------------------------------------------
 
-def _blocks(t: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """t, readable with a contiguous per-sample block, and its batch stride (0 when N == 1)."""
-    if not t[0].is_contiguous():
-        t = t.contiguous()
-    return t, (t.stride(0) if t.shape[0] > 1 else 0)
+def _layout(h: torch.Tensor) -> tuple[bool, int, int, tuple[int]]:
+    """(pixel_major, rows, CS, grid) of a call, decided by h as the C++ ops do."""
+    from ..ops.conv_gru import pixel_major  # the one rule, shared with the fake impls
+    n, c = h.shape[0], h.shape[1]
+    spatial = h.numel() // (n * c)
+    pixel = pixel_major(h)
+    rows, cs = (n * spatial, c) if pixel else (n, c * spatial)
+    return pixel, rows, cs, (triton.cdiv(h.numel(), _BLOCK),)
 
 
-def _like(h: torch.Tensor, k: int = 1) -> torch.Tensor:
-    shape = list(h.shape)
-    shape[1] *= k
-    return torch.empty(shape, dtype=h.dtype, device=h.device)
+def _readable(t: torch.Tensor, pixel: bool, rows: int) -> tuple[torch.Tensor, int]:
+    """t in the call's layout (read in place when it already is, else copied once) and its row
+    stride (0 for one row)."""
+    from ..ops.conv_gru import pixel_stride
+    if pixel:
+        stride = pixel_stride(t)
+        if stride is None:
+            t = t.movedim(1, -1).contiguous().movedim(-1, 1)
+            stride = t.shape[1]
+    else:
+        if not t[0].is_contiguous():
+            t = t.contiguous()
+        stride = t.stride(0)
+    return t, (stride if rows > 1 else 0)
 
 
-def _geometry(h: torch.Tensor) -> tuple[int, int, tuple[int]]:
-    cs = h.numel() // h.shape[0]
-    return cs, h.numel(), (triton.cdiv(h.numel(), _BLOCK),)
+def _like(h: torch.Tensor, pixel: bool, k: int = 1) -> torch.Tensor:
+    from ..ops.conv_gru import empty_like_layout
+    return empty_like_layout(h, pixel, k)
 
 
 def reset(gx_zr, gh_zr, h, save: bool):
-    (gx, s_gx), (gh, s_gh), (hc, s_h) = _blocks(gx_zr), _blocks(gh_zr), _blocks(h)
-    z, rh = _like(h), _like(h)
-    r = _like(h) if save else h.new_empty((0,))
-    cs, total, grid = _geometry(h)
+    pixel, rows, cs, grid = _layout(h)
+    (gx, s_gx), (gh, s_gh), (hc, s_h) = (_readable(t, pixel, rows) for t in (gx_zr, gh_zr, h))
+    z, rh = _like(h, pixel), _like(h, pixel)
+    r = _like(h, pixel) if save else h.new_empty((0,))
+    total = h.numel()
     with device_guard(h):
         _reset_kernel[grid](gx, gh, hc, z, rh, r if save else z, cs, total, s_gx, s_gh, s_h,
                             SAVE=save, BLOCK=_BLOCK)
@@ -208,9 +226,11 @@ def reset(gx_zr, gh_zr, h, save: bool):
 
 
 def reset_backward(grad_z, grad_rh, z, r, h):
-    (gz, s1), (grh, s2), (zc, s3), (rc, s4), (hc, s5) = map(_blocks, (grad_z, grad_rh, z, r, h))
-    ga, gh = _like(h, 2), _like(h)
-    cs, total, grid = _geometry(h)
+    pixel, rows, cs, grid = _layout(h)
+    (gz, s1), (grh, s2), (zc, s3), (rc, s4), (hc, s5) = (
+        _readable(t, pixel, rows) for t in (grad_z, grad_rh, z, r, h))
+    ga, gh = _like(h, pixel, 2), _like(h, pixel)
+    total = h.numel()
     with device_guard(h):
         _reset_backward_kernel[grid](gz, grh, zc, rc, hc, ga, gh, cs, total, s1, s2, s3, s4, s5,
                                      BLOCK=_BLOCK)
@@ -218,10 +238,11 @@ def reset_backward(grad_z, grad_rh, z, r, h):
 
 
 def update(z, gx_n, gh_n, h, save: bool):
-    (zc, s1), (gx, s2), (gh, s3), (hc, s4) = map(_blocks, (z, gx_n, gh_n, h))
-    out = _like(h)
-    h_hat = _like(h) if save else h.new_empty((0,))
-    cs, total, grid = _geometry(h)
+    pixel, rows, cs, grid = _layout(h)
+    (zc, s1), (gx, s2), (gh, s3), (hc, s4) = (_readable(t, pixel, rows) for t in (z, gx_n, gh_n, h))
+    out = _like(h, pixel)
+    h_hat = _like(h, pixel) if save else h.new_empty((0,))
+    total = h.numel()
     with device_guard(h):
         _update_kernel[grid](zc, gx, gh, hc, out, h_hat if save else out, cs, total,
                              s1, s2, s3, s4, SAVE=save, BLOCK=_BLOCK)
@@ -229,9 +250,10 @@ def update(z, gx_n, gh_n, h, save: bool):
 
 
 def update_backward(grad, z, h_hat, h):
-    (g, s1), (zc, s2), (hh, s3), (hc, s4) = map(_blocks, (grad, z, h_hat, h))
-    gz, gn, gh = _like(h), _like(h), _like(h)
-    cs, total, grid = _geometry(h)
+    pixel, rows, cs, grid = _layout(h)
+    (g, s1), (zc, s2), (hh, s3), (hc, s4) = (_readable(t, pixel, rows) for t in (grad, z, h_hat, h))
+    gz, gn, gh = _like(h, pixel), _like(h, pixel), _like(h, pixel)
+    total = h.numel()
     with device_guard(h):
         _update_backward_kernel[grid](g, zc, hh, hc, gz, gn, gh, cs, total, s1, s2, s3, s4,
                                       BLOCK=_BLOCK)
@@ -239,10 +261,11 @@ def update_backward(grad, z, h_hat, h):
 
 
 def gates(gx, gh, h, save: bool):
-    (x, s1), (u, s2), (hc, s3) = map(_blocks, (gx, gh, h))
-    out = _like(h)
-    ws = _like(h, 4) if save else h.new_empty((0,))
-    cs, total, grid = _geometry(h)
+    pixel, rows, cs, grid = _layout(h)
+    (x, s1), (u, s2), (hc, s3) = (_readable(t, pixel, rows) for t in (gx, gh, h))
+    out = _like(h, pixel)
+    ws = _like(h, pixel, 4) if save else h.new_empty((0,))
+    total = h.numel()
     with device_guard(h):
         _gates_kernel[grid](x, u, hc, out, ws if save else out, cs, total, s1, s2, s3,
                             SAVE=save, BLOCK=_BLOCK)
@@ -250,9 +273,10 @@ def gates(gx, gh, h, save: bool):
 
 
 def gates_backward(grad, workspace, h):
-    (g, s1), (ws, s2), (hc, s3) = map(_blocks, (grad, workspace, h))
-    gx, gu, gh = _like(h, 3), _like(h, 3), _like(h)
-    cs, total, grid = _geometry(h)
+    pixel, rows, cs, grid = _layout(h)
+    (g, s1), (ws, s2), (hc, s3) = (_readable(t, pixel, rows) for t in (grad, workspace, h))
+    gx, gu, gh = _like(h, pixel, 3), _like(h, pixel, 3), _like(h, pixel)
+    total = h.numel()
     with device_guard(h):
         _gates_backward_kernel[grid](g, ws, hc, gx, gu, gh, cs, total, s1, s2, s3, BLOCK=_BLOCK)
     return gx, gu, gh
