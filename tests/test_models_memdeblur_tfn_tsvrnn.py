@@ -19,8 +19,7 @@ from helpers import ATTN_TOL, TOL, assert_rel, backend_params, rel_err
 
 from vdeblur_models.tfn import TFN
 from vdeblur_models.tsvrnn import TSVRNN, rgb_to_ycbcr, ycbcr_to_rgb
-from vdeblur_models.memdeblur import (ScaleSharedBank, _to_ours, official_key,
-                                      to_official_state_dict)
+from vdeblur_models.memdeblur import _to_ours, official_key, to_official_state_dict
 
 
 def _run(model, frames, cotangent, backend_name, **kwargs):
@@ -405,8 +404,8 @@ def test_memdeblur_comparison_detects_readout_errors(monkeypatch, mode):
         outs = exact(*args, **kwargs)
         return [o * 1.1 for o in outs] if isinstance(outs, list) else outs * 1.1
 
-    monkeypatch.setattr(ops_module, "memory_readout", off)  # MemoryBank.read
-    monkeypatch.setattr(vdeblur_ops, "memory_readout", off)  # ScaleSharedBank.read
+    monkeypatch.setattr(ops_module, "memory_readout", off)  # MemoryBank.read (both banks)
+    monkeypatch.setattr(vdeblur_ops, "memory_readout", off)  # any direct call
     bad_out, bad_grad = _memdeblur_run(model, frames, "reference")
     tol = MEMDEBLUR_TOL[torch.float32]
     with pytest.raises(AssertionError):
@@ -476,6 +475,11 @@ def test_memdeblur_bad_input():
 
 # -------------------------------------------------------------------------- scale-shared bank
 
+def _scale_shared_bank(max_frames):
+    """MemDeblur's forward bank: frames of every scale, the authors' keep-positions rule."""
+    return vdeblur_ops.MemoryBank(max_frames, num_values=2, mixed_sizes=True, limit="positions")
+
+
 def _memdeblur_naive_bank(frames, max_frames, query, top_k):
     """The authors' bank: concatenate, then keep the newest max_frames * (new frame size)."""
     keys, values = None, None
@@ -498,7 +502,7 @@ def test_memdeblur_scale_shared_bank(max_frames, top_k, grad):
     frames = [(torch.randn(2, 4, h, w, dtype=torch.float64, requires_grad=grad),
                [torch.randn(2, c, h, w, dtype=torch.float64, requires_grad=grad) for c in (3, 5)])
               for h, w in sizes]
-    bank = ScaleSharedBank(max_frames, num_values=2)
+    bank = _scale_shared_bank(max_frames)
     query = torch.randn(2, 4, 3, 2, dtype=torch.float64)
     with torch.set_grad_enabled(grad), vdeblur_ops.backend("reference"):
         for i, (k, vs) in enumerate(frames):
@@ -520,7 +524,7 @@ def test_memdeblur_scale_shared_bank(max_frames, top_k, grad):
 
 
 def test_memdeblur_scale_shared_bank_bad_input():
-    bank = ScaleSharedBank(None, num_values=2)
+    bank = _scale_shared_bank(None)
     with pytest.raises(ValueError, match="empty"):
         bank.read(torch.randn(1, 4, 2, 2))
     with pytest.raises(ValueError, match="values"):

@@ -32,3 +32,7 @@ for _family in (f for f in FAMILIES if not _only or f in _only):
             __all__.append(_name)
 
 from . import nn as nn  # noqa: E402  (after the ops it wraps; re-exported)
+
+if "memory_readout" in __all__:  # the bank reads through that op
+    from .nn.memory_bank import MemoryBank as MemoryBank  # noqa: E402  (re-exported)
+    __all__.append("MemoryBank")

@@ -11,12 +11,11 @@ Two branches (paper Fig. 3):
 * **Memory branch.** A key encoder K (residual blocks, then the stem and first stage of a
   ResNet-50, then a 3x3 key projection: 64-channel keys at 1/16 of the frame), two value encoders
   V_r and V_h of the same form (Eq. 3) and two decoders G_r and G_h (residual blocks and a x4 pixel
-  shuffle plus a bilinear x4 skip, Eq. 8). The backward bank (values v_h) is a
-  :class:`vdeblur_ops.MemoryBank`; the forward bank (values [v_r, v_h]), which every scale shares
-  (Sec. 3.4) and so holds frames of three sizes, is a :class:`ScaleSharedBank` (below), since a
-  MemoryBank stores one frame size. Both are read with :func:`vdeblur_ops.memory_readout`
-  (``"l2"`` similarity, one affinity for both values, Eqs. 5-7): full softmax while training,
-  top-k (k = 20) in eval mode.
+  shuffle plus a bilinear x4 skip, Eq. 8). Both banks are :class:`vdeblur_ops.MemoryBank`: the
+  backward bank (values v_h) a ring of one frame size, the forward bank (values [v_r, v_h]), which
+  every scale shares (Sec. 3.4) and so holds frames of three sizes, one with ``mixed_sizes=True``.
+  Both are read with :func:`vdeblur_ops.memory_readout` (``"l2"`` similarity, one affinity for
+  both values, Eqs. 5-7): full softmax while training, top-k (k = 20) in eval mode.
 
 Schedule (as in the authors' released code, jibo27/MemDeblur, which the official checkpoints were
 trained and evaluated with; the paper text is silent on the first three points):
@@ -33,7 +32,8 @@ trained and evaluated with; the paper text is silent on the first three points):
   by the authors' rule: after each add, the newest 5x (the new frame's size) positions. For the
   single-scale backward bank that is exactly the 5 newest frames (so a MemoryBank ring buffer);
   in the forward bank it is "5 frames' worth" of positions, which after a full-scale add keeps
-  5 full-scale frames' worth and so may also keep smaller-scale frames (or part of one).
+  5 full-scale frames' worth and so may also keep smaller-scale frames (or part of one): the
+  bank's ``limit="positions"``.
   Training keeps every frame. Note the eval backward bank memorises frames in reverse order, so
   on long clips it ends up holding the 5 lowest of 2, 2+P, ... (what the checkpoints saw).
 
@@ -64,8 +64,7 @@ import vdeblur_ops
 from vdeblur_models import register_model
 from vdeblur_models.blocks import RDB, conv2d, crop_to, pad_to_multiple
 
-__all__ = ["MemDeblur", "ScaleSharedBank", "load_official_memdeblur", "official_key",
-           "to_official_state_dict"]
+__all__ = ["MemDeblur", "load_official_memdeblur", "official_key", "to_official_state_dict"]
 
 _FEAT = 48  # channels of the downsampled feature x = D(I): 3 -> 12 -> 48 (fixed by D's design)
 
@@ -237,76 +236,6 @@ class Memory(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# The forward memory bank: frames of every scale in one bank
-# --------------------------------------------------------------------------------------------
-
-class ScaleSharedBank:
-    """Key-value memory whose frames may differ in size, read with
-    :func:`vdeblur_ops.memory_readout` (``"l2"``, one affinity for every value).
-
-    MemDeblur's forward bank holds the frames of all three scales (paper Sec. 3.4), which
-    :class:`vdeblur_ops.MemoryBank` (one frame size per bank) cannot store; this bank is written
-    here for that reason (the single-scale backward bank is a MemoryBank).
-
-    Positions live in one (N, C, capacity) buffer per tensor; the live part is the contiguous
-    window ``[lo, hi)``, passed to the readout as a view (never concatenated on read). Adding a
-    frame writes its positions at ``hi``; when the buffer end is reached the live window is
-    copied once to the front of a buffer at least twice its size, so adding costs amortised
-    O(one frame). With ``max_frames`` (eval mode) each add then drops the oldest positions beyond
-    ``max_frames`` times the new frame's size: the authors' rule, which keeps exactly the 5 newest
-    frames while all have one size and "5 frames' worth" of positions across scales.
-
-    Autograd: with grad mode on and a stored tensor requiring grad, writes are out of place
-    (``slice_scatter``; one copy of the buffer per add) so that earlier readouts keep their
-    saved versions; otherwise in place.
-    """
-
-    def __init__(self, max_frames: int | None, num_values: int) -> None:
-        self.max_frames, self.num_values = max_frames, num_values
-        self._bufs: list[torch.Tensor] = []  # [keys, values_0, ...], each (N, C, capacity)
-        self._lo = self._hi = 0
-
-    def __len__(self) -> int:
-        """Live positions (not frames: frames differ in size)."""
-        return self._hi - self._lo
-
-    @staticmethod
-    def _write(buf: torch.Tensor, data: torch.Tensor, start: int) -> torch.Tensor:
-        if torch.is_grad_enabled() and (data.requires_grad or buf.requires_grad):
-            return buf.slice_scatter(data, dim=2, start=start, end=start + data.shape[2])
-        with torch.no_grad():
-            buf[:, :, start:start + data.shape[2]].copy_(data)
-        return buf
-
-    def add(self, key: torch.Tensor, values: Sequence[torch.Tensor]) -> None:
-        """key (N, Ck, h, w), values ``num_values`` tensors (N, Cv_i, h, w)."""
-        new = [key.flatten(2), *(v.flatten(2) for v in values)]
-        if len(new) != self.num_values + 1:
-            raise ValueError(f"values: expected {self.num_values} tensors, got {len(new) - 1}")
-        size = new[0].shape[2]
-        if not self._bufs or self._hi + size > self._bufs[0].shape[2]:
-            live = self._hi - self._lo
-            cap = 2 * (live + size) * (1 if self.max_frames is None else 2)
-            old, self._bufs = self._bufs, [t.new_empty((*t.shape[:2], cap)) for t in new]
-            if live:
-                self._bufs = [self._write(b, o[:, :, self._lo:self._hi], 0)
-                              for b, o in zip(self._bufs, old)]
-            self._lo, self._hi = 0, live
-        self._bufs = [self._write(b, t, self._hi) for b, t in zip(self._bufs, new)]
-        self._hi += size
-        if self.max_frames is not None:
-            self._lo = max(self._lo, self._hi - self.max_frames * size)
-
-    def read(self, query_key: torch.Tensor, top_k: int | None = None) -> list[torch.Tensor]:
-        """query_key (N, Ck, h, w) -> ``num_values`` tensors (N, Cv_i, h, w)."""
-        if self._hi == self._lo:
-            raise ValueError("the memory bank is empty: add() a frame before reading it")
-        live = [b[:, :, self._lo:self._hi] for b in self._bufs]
-        outs = vdeblur_ops.memory_readout(query_key.flatten(2), live[0], live[1:], "l2", top_k)
-        return [o.unflatten(2, query_key.shape[2:]) for o in outs]
-
-
-# --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
 
@@ -452,7 +381,8 @@ class MemDeblur(nn.Module):
                 bank_b.add(keys[i], [self.memory.value_encoder_feat(torch.cat([x, prev], 1))])
 
         # Forward passes, coarse to fine, all into one bank of [v_r, v_h] (Eqs. 11, 13).
-        bank_f = ScaleSharedBank(self._max_frames(), num_values=2)
+        bank_f = vdeblur_ops.MemoryBank(self._max_frames(), num_values=2, mixed_sizes=True,
+                                        limit="positions")
         outputs: list[list[torch.Tensor]] = []
         for s, scale in enumerate(self.scales):
             if scale == 1:
