@@ -11,20 +11,14 @@ Presets (eval mode: top-k readout, 5-frame banks, as at test time):
 
 The case's family is "memory_readout", the only vdeblur_ops family the model calls.
 ``python -m vdeblur_ops.bench.cases.model_memdeblur`` measures the CPU end-to-end ratio
-(:func:`measure_cpu_ratio`).
+(:func:`vdeblur_ops.bench.model_ratio.measure_cpu_ratio`; ``--train`` for a training step).
 """
 from __future__ import annotations
 
-import time
-
-import torch
-
-import vdeblur_ops
 from vdeblur_ops.bench import Case
 
+from ..model_ratio import main
 from .model_common import model_cases
-
-import vdeblur_models
 
 # preset -> (model preset, overrides, N, T, H, W, time forward+backward too)
 SHAPES = {
@@ -38,62 +32,5 @@ def cases(preset: str) -> list[Case]:
     return model_cases("memdeblur", "memory_readout", SHAPES, preset)
 
 
-def measure_cpu_ratio(shape=(1, 6, 3, 64, 96), preset: str = "paper", repeats: int = 3,
-                      kernel_backend: str | None = None, train: bool = False,
-                      clock: str = "wall") -> dict[str, float]:
-    """Median seconds of the model with the fused ops (default backend choice, or
-    ``kernel_backend``) and under ``backend("reference")``, interleaved so both see the same
-    machine noise, and their ratio (fused / reference: below 1 means the fused ops are faster).
-    Eval mode times the forward (top-k readout); ``train=True`` times forward + backward in
-    training mode (full softmax; N >= 2 keeps BatchNorm defined at the coarse scale).
-    ``clock="process"`` times this process's CPU seconds instead of wall time: steadier on a
-    shared machine (it counts work, all threads summed, not waiting)."""
-    now = time.process_time if clock == "process" else time.perf_counter
-    torch.manual_seed(0)
-    model = vdeblur_models.build("memdeblur", preset=preset).train(train)
-    frames = torch.rand(*shape, requires_grad=train)
-
-    def step():
-        if not train:
-            with torch.no_grad():
-                return model(frames)
-        out = model(frames)
-        out.square().mean().backward()
-        return out.detach()
-
-    fused_t, ref_t = [], []
-    with vdeblur_ops.backend("reference"):
-        ref_out = step()  # warm-up
-    with vdeblur_ops.backend(kernel_backend):
-        out = step()
-    for _ in range(repeats):
-        for name, times in ((kernel_backend, fused_t), ("reference", ref_t)):
-            with vdeblur_ops.backend(name):
-                t0 = now()
-                step()
-                times.append(now() - t0)
-    fused, ref = sorted(fused_t)[len(fused_t) // 2], sorted(ref_t)[len(ref_t) // 2]
-    err = ((out - ref_out).norm() / ref_out.norm()).item()
-    return {"fused_s": fused, "reference_s": ref, "ratio": fused / ref, "rel_err": err}
-
-
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="MemDeblur CPU end-to-end: fused over reference")
-    parser.add_argument("--shape", default="1,6,3,64,96")
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train", action="store_true", help="forward+backward in training mode")
-    parser.add_argument("--clock", choices=("wall", "process"), default="wall")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shape = tuple(int(s) for s in args.shape.split(","))
-    res = measure_cpu_ratio(shape, args.preset, args.repeats, train=args.train, clock=args.clock)
-    mode = "train fwd+bwd" if args.train else "eval fwd"
-    print(f"MemDeblur {args.preset} {args.shape} {mode} on CPU ({torch.get_num_threads()} "
-          f"threads, {args.clock} clock): fused {res['fused_s']:.3f} s, reference "
-          f"{res['reference_s']:.3f} s, "
-          f"ratio fused/reference {res['ratio']:.3f}, rel. error {res['rel_err']:.1e}")
+    main(model="memdeblur", preset="paper", shape="1,6,3,64,96")

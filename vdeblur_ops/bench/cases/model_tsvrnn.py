@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from vdeblur_ops.bench import Case
 
-from .model_tfn import main
+from ..model_ratio import main
 from .model_common import model_cases
 
 # preset -> (model preset, overrides, N, T, H, W, time forward+backward too); T is always 5
@@ -25,4 +25,4 @@ def cases(preset: str) -> list[Case]:
 
 
 if __name__ == "__main__":
-    main("tsvrnn", "paper", "1,5,3,128,128")
+    main(model="tsvrnn", preset="paper", shape="1,5,3,128,128", repeats=5)
