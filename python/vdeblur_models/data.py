@@ -149,26 +149,42 @@ class ClipCrops(torch.utils.data.Dataset):
 
 # -- synthetic data ------------------------------------------------------------------------
 
-def random_texture(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-    """(3, height, width) colour texture in [0, 1]: noise summed over octaves (coarse to fine),
-    so there are edges of every scale for blur to destroy."""
+# Feature sizes of the texture in pixels (coarse to fine), fixed in pixels rather than relative
+# to the canvas so that the blur length means the same thing at any clip length or frame size.
+TEXTURE_CELLS = (32, 16, 8, 4)
+# Motion directions of the synthetic clips: "horizontal" pans left or right (one blur kernel,
+# a horizontal box, since a box is symmetric: learnable by a small model in a few hundred
+# steps), "axis" also up or down, "any" also the diagonals (four kernels to tell apart).
+MOTIONS = {"horizontal": ((0, 1), (0, -1)),
+           "axis": ((0, 1), (0, -1), (1, 0), (-1, 0)),
+           "any": tuple((y, x) for y in (-1, 0, 1) for x in (-1, 0, 1) if (y, x) != (0, 0))}
+
+
+def random_texture(height: int, width: int, generator: torch.Generator,
+                   cells: tuple[int, ...] = TEXTURE_CELLS) -> torch.Tensor:
+    """(3, height, width) colour texture in [0, 1]: uniform noise on grids of ``cells``-pixel
+    spacing, bicubically upsampled and summed (finer octaves weaker), so there are edges of
+    every scale from a few pixels up for blur to destroy."""
     tex = torch.zeros(1, 3, height, width)
-    for octave, cells in enumerate((8, 16, 32, 64)):
-        noise = torch.rand(1, 3, cells, cells, generator=generator)
+    for octave, cell in enumerate(cells):
+        grid = (max(2, -(-height // cell)), max(2, -(-width // cell)))
+        noise = torch.rand(1, 3, *grid, generator=generator)
         tex += F.interpolate(noise, size=(height, width), mode="bicubic",
                              align_corners=False) * 0.9 ** octave
     tex -= tex.amin(dim=(-2, -1), keepdim=True)
     return (tex / tex.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6))[0]
 
 
-def synthetic_clip(frames: int, size: int, sub_frames: int, generator: torch.Generator
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(blur, sharp), each (frames, 3, size, size): a texture panning at a random constant
-    velocity of 1-2 pixels per sub-frame (integer shifts: no resampling blur in the sharp
-    frames); sharp = the middle sub-frame of each exposure, blur = their mean."""
-    vy, vx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
-    if vx == 0 and vy == 0:
-        vx = 2
+def synthetic_clip(frames: int, size: int, sub_frames: int, generator: torch.Generator,
+                   motion: str = "horizontal") -> tuple[torch.Tensor, torch.Tensor]:
+    """(blur, sharp), each (frames, 3, size, size): a texture panning one pixel per sub-frame in
+    a direction drawn from ``MOTIONS[motion]`` (integer shifts: no resampling blur in the sharp
+    frames; one pixel a step: the blur is a solid box of ``sub_frames`` pixels, not a comb of
+    separate copies); sharp = the middle sub-frame of each exposure, blur = their mean."""
+    if motion not in MOTIONS:
+        raise ValueError(f"motion={motion!r}: expected one of {sorted(MOTIONS)}")
+    choices = MOTIONS[motion]
+    vy, vx = choices[int(torch.randint(len(choices), (), generator=generator))]
     travel = frames * sub_frames
     pad = 2 * travel + size
     tex = random_texture(pad, pad, generator)
@@ -187,15 +203,18 @@ def synthetic_clip(frames: int, size: int, sub_frames: int, generator: torch.Gen
 
 
 def make_synthetic(root: Path, train_clips: int = 4, test_clips: int = 1, frames: int = 8,
-                   size: int = 64, sub_frames: int = 7, seed: int = 0) -> Path:
+                   size: int = 64, sub_frames: int = 7, seed: int = 0,
+                   motion: str = "horizontal") -> Path:
     """Write a GoPro-layout synthetic data set (PNG) under ``root``; returns ``root``."""
     if frames < 1 or size < 8 or sub_frames < 1:
         raise ValueError(f"frames={frames}, size={size}, sub_frames={sub_frames}: need frames >= 1, "
                          "size >= 8, sub_frames >= 1")
+    if motion not in MOTIONS:
+        raise ValueError(f"motion={motion!r}: expected one of {sorted(MOTIONS)}")
     gen = torch.Generator().manual_seed(seed)
     for split, count in (("train", train_clips), ("test", test_clips)):
         for c in range(count):
-            blur, sharp = synthetic_clip(frames, size, sub_frames, gen)
+            blur, sharp = synthetic_clip(frames, size, sub_frames, gen, motion)
             for kind, seq in (("blur", blur), ("sharp", sharp)):
                 folder = root / split / f"clip{c:03d}" / kind
                 folder.mkdir(parents=True, exist_ok=True)
@@ -213,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=8, help="frames per clip")
     parser.add_argument("--size", type=int, default=64, help="frame width and height")
     parser.add_argument("--sub-frames", type=int, default=7, help="sub-frames averaged per blur")
+    parser.add_argument("--motion", choices=sorted(MOTIONS), default="horizontal",
+                        help="directions the texture pans in (one pixel per sub-frame)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     make_synthetic(args.make_synthetic, args.train_clips, args.test_clips, args.frames,
-                   args.size, args.sub_frames, args.seed)
+                   args.size, args.sub_frames, args.seed, args.motion)
     print(f"wrote {args.train_clips} + {args.test_clips} clips to {args.make_synthetic}",
           file=sys.stderr)
     return 0

@@ -225,6 +225,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="frames per training clip (default: the model's fixed length, else 5)")
     p.add_argument("--crop", type=int, default=256, help="training crop size (pixels)")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (default: paper's)")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="steps of linear learning-rate warm-up before the cosine decay")
     p.add_argument("--val-every", type=int, default=500, help="validate every N steps (0: at end only)")
     p.add_argument("--val-clips", type=int, default=1,
                    help="clips held out when --data has no test/ folder")
@@ -245,11 +247,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.frames is not None and args.frames < 1:
         p.error("--frames must be at least 1")
-    if args.val_every < 0 or args.workers < 0:
-        p.error("--val-every and --workers must be >= 0")
+    if args.val_every < 0 or args.workers < 0 or args.warmup < 0:
+        p.error("--val-every, --workers and --warmup must be >= 0")
+    if args.lr is not None and not args.lr >= 0:
+        p.error(f"--lr {args.lr}: must be >= 0")
+    if args.warmup >= args.steps:
+        p.error(f"--warmup {args.warmup} must be shorter than --steps {args.steps}")
     if args.preset not in models[args.model]:
         p.error(f"--preset {args.preset!r}: {args.model} has {', '.join(models[args.model])}")
     return args
+
+
+def lr_factor(step: int, steps: int, warmup: int = 0) -> float:
+    """Learning-rate multiplier after ``step`` optimiser steps: linear warm-up to 1 over the
+    first ``warmup`` steps, then cosine annealing to 0 at ``steps`` (and 0 after). Closed form,
+    so a resumed run may ask for more steps. The warm-up is for short runs at high learning
+    rates: Adam's first steps, taken on barely estimated moments, are then small ones."""
+    if step < warmup:
+        return (step + 1) / warmup
+    done = (min(step, steps) - warmup) / (steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * done))
 
 
 def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
@@ -273,12 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = vdeblur_models.build(args.model, preset=args.preset).to(d.device)
     recipe = RECIPES[args.model]
     frames = args.frames or getattr(model, "fixed_frames", None) or 5
-    optimizer = recipe.optimizer(model.parameters(), lr=args.lr or recipe.lr)
-    # Cosine annealing to 0 at --steps, in closed form so a resumed run may ask for more steps.
-    def lr_factor(s: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+    lr = recipe.lr if args.lr is None else args.lr  # --lr 0 is a valid (untrained) control
+    optimizer = recipe.optimizer(model.parameters(), lr=lr)
+    def schedule(s: int) -> float:
+        return lr_factor(s, args.steps, args.warmup)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     dtype = amp_dtype(args.amp, d.device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and ckpt.is_file():
         step = load_checkpoint(ckpt, model, optimizer, scheduler, scaler, args)
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * lr_factor(step)  # this run's schedule, not the saved lr
+            group["lr"] = base * schedule(step)  # this run's schedule, not the saved lr
         log(f"resumed from {ckpt} at step {step}")
 
     net: nn.Module = model
@@ -307,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"{args.model} ({args.preset}): {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(train_clips)} training / {len(val_clips)} held-out clips, {d.world} process(es) on "
         f"{d.device}, batch {args.batch_size}x{d.world} of {frames}x{args.crop}x{args.crop}, "
-        f"amp {dtype}, lr {args.lr or recipe.lr:g}; paper recipe: {recipe.source}")
+        f"amp {dtype}, lr {lr:g} ({args.warmup} warm-up steps, cosine decay); "
+        f"paper recipe: {recipe.source}")
 
     val: dict[str, float] | None = None
     chunk = max(frames, 8)
