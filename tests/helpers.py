@@ -1,5 +1,8 @@
-"""Shared test helpers: relative errors, backend lists, poisoned outputs."""
+"""Shared test helpers: relative errors, backend lists, poisoned outputs, and the model tests'
+runs of one model under two backends."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -44,3 +47,52 @@ def backend_params(family: str) -> list:
     if CUDA:
         params += [pytest.param(b, "cuda", id=f"{b}-cuda") for b in kernel_backends(family, "cuda")]
     return params
+
+
+def run_model(model, frames, cotangent, backend_name, **kwargs):
+    """(output, d<output, cotangent>/d frames) with every op on ``backend_name``."""
+    x = frames.detach().clone().requires_grad_()
+    try:
+        with vdeblur_ops.backend(backend_name):
+            out = model(x, **kwargs)
+            main = out[0] if isinstance(out, tuple) else out
+            (grad,) = torch.autograd.grad(main, x, cotangent)
+    except NotImplementedError as exc:  # a kernel family still being written: say so
+        pytest.skip(f"{backend_name}: {exc}")
+    except RuntimeError as exc:
+        if "cannot run" in str(exc):  # this install lacks the backend: say so, never hide it
+            pytest.skip(str(exc))
+        raise
+    return out, grad
+
+
+def compare_with_reference(model, frames, backend_name, training, tol, **kwargs):
+    """Fused (float32) against the reference on a float64 copy of the same model."""
+    model.train(training)
+    ref_model = copy.deepcopy(model).double()
+    cot = torch.randn(frames.shape, dtype=torch.float64)
+    out, grad = run_model(model, frames, cot.float(), backend_name, **kwargs)
+    ref, ref_grad = run_model(ref_model, frames.double(), cot, "reference", **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        assert o.shape == r.shape and o.is_contiguous()
+        assert rel_err(o, r) < tol, f"output {i}: relative error {rel_err(o, r):.2e}"
+    assert rel_err(grad, ref_grad) < tol, f"input gradient: relative error {rel_err(grad, ref_grad):.2e}"
+
+
+def check_float64_and_no_grad(model: torch.nn.Module, frames: torch.Tensor) -> None:
+    """C++ kernels in float64 (tight), and the inference path (no saved activations)."""
+    cot = torch.randn_like(frames)
+    out, grad = run_model(model, frames, cot, "cpu")
+    ref, ref_grad = run_model(model, frames, cot, "reference")
+    assert rel_err(out, ref) < TOL[torch.float64] and rel_err(grad, ref_grad) < TOL[torch.float64]
+    with torch.no_grad(), vdeblur_ops.backend("cpu"):
+        assert rel_err(model(frames), ref) < TOL[torch.float64]
+
+
+def dstnet_official_checkpoint(model: torch.nn.Module) -> dict:
+    """What the DSTNet authors' BasicSR code saves: {"params": state_dict} with their key names."""
+    from vdeblur_models.dstnet import ours_to_official  # only the model tests need the models
+
+    return {"params": {k: v.clone() for k, v in ours_to_official(model.state_dict()).items()}}

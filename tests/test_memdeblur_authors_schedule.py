@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import vdeblur_ops
 from helpers import assert_rel, rel_err
-from test_models_memdeblur_tfn_tsvrnn import _memdeblur_tiny
+from test_model_memdeblur import _memdeblur_tiny
 
 
 class _AuthorsBank:
