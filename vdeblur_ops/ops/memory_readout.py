@@ -1,5 +1,5 @@
-"""Key-value memory readout (DESIGN.md 4.5; MemDeblur Eqs. 5-7): public API, fake impls, autograd,
-and the ring-buffer :class:`MemoryBank`.
+"""Key-value memory readout (DESIGN.md 4.5; MemDeblur Eqs. 5-7): public API, fake impls, autograd.
+(The bank that feeds it, :class:`vdeblur_ops.MemoryBank`, is in ``vdeblur_ops/nn/memory_bank.py``.)
 
 Torch ops (``torch.ops.vdeblur``), C++ (CPU) and Triton twins with one schema each:
 
@@ -39,7 +39,7 @@ from .._backend import OpFamily
 from ..reference import memory_readout as ref
 from ..triton import TRITON_UNAVAILABLE_REASON
 
-__all__ = ["memory_readout", "MemoryBank"]
+__all__ = ["memory_readout"]
 
 SIMILARITIES = ref.SIMILARITIES
 MAX_TRITON_TOP_K = 64  # the Triton top-k kernel keeps its k best in registers
@@ -217,149 +217,10 @@ def memory_readout(query_key: torch.Tensor, memory_key: torch.Tensor,
     return outs[0] if single else outs
 
 
-class MemoryBank:
-    """MemDeblur's key-value memory: at most ``max_frames`` most recent frames in a ring buffer.
 
-    Keys are stored as one (N, Ck, capacity * h * w) buffer and each value as one
-    (N, Cv_i, capacity * h * w) buffer, frame slot s covering columns [s*hw, (s+1)*hw), allocated
-    on the first :meth:`add`. Adding a frame copies only that frame into its slot (the oldest
-    slot once the bank is full). Reading passes the live part to :func:`memory_readout` as a
-    view, never a concatenation: while filling, slots 0..len-1 (a prefix view); once full, the
-    whole buffer. Slot order is not time order once the ring wraps, which a softmax readout
-    cannot see (top-k ties aside).
-
-    ``max_frames=None`` keeps every frame; the buffer then doubles its capacity when full
-    (amortised O(one frame) per add).
-
-    Autograd: in inference (grad mode off, or no stored tensor requiring grad) frames are written
-    in place. When a stored frame requires grad and grad mode is on, :meth:`add` writes out of
-    place (``slice_scatter``, one copy of the bank per add), because autograd must keep every
-    version of the buffer that earlier readouts saved; gradients then reach every stored frame.
-
-    Args:
-        max_frames: most frames kept (MemDeblur keeps 5 at test time), or None for all.
-        num_values: value tensors per frame (MemDeblur stores two: v^r and v^h).
-        similarity, scale: passed to :func:`memory_readout` by :meth:`read`.
-    """
-
-    def __init__(self, max_frames: int | None = None, num_values: int = 1, similarity: str = "l2",
-                 scale: float | None = None) -> None:
-        if max_frames is not None:
-            _checks.check_int(max_frames, "max_frames", minimum=1)
-        _checks.check_int(num_values, "num_values", minimum=1)
-        _checks.check_choice(similarity, "similarity", SIMILARITIES)
-        if scale is not None:
-            _checks.check_finite(scale, "scale")
-        self.max_frames, self.num_values = max_frames, num_values
-        self.similarity, self.scale = similarity, scale
-        self._keys: torch.Tensor | None = None  # (N, Ck, capacity * hw)
-        self._values: list[torch.Tensor] = []  # each (N, Cv_i, capacity * hw)
-        self._hw = 0
-        self._count = 0  # live frames
-        self._next = 0  # slot the next frame goes to
-
-    def __len__(self) -> int:
-        return self._count
-
-    @property
-    def capacity(self) -> int:
-        """Frames the current buffers hold (max_frames once allocated, when bounded)."""
-        return 0 if self._keys is None else self._keys.shape[2] // self._hw
-
-    def _frame_value_list(self, values) -> list[torch.Tensor]:
-        vals = [values] if isinstance(values, torch.Tensor) else list(values)
-        if len(vals) != self.num_values:
-            raise ValueError(f"values must hold num_values={self.num_values} tensors, "
-                             f"got {len(vals)}")
-        return vals
-
-    def _allocate(self, key: torch.Tensor, vals: list[torch.Tensor], frames: int) -> None:
-        n, ck, hw = key.shape
-        self._hw = hw
-        self._keys = key.new_empty((n, ck, frames * hw))
-        self._values = [v.new_empty((n, v.shape[1], frames * hw)) for v in vals]
-
-    def _grow(self) -> None:
-        """Unbounded bank: double the capacity, copying the live frames once."""
-        old_keys, old_values = self._keys, self._values
-        live = self._count * self._hw
-        self._keys = old_keys.new_empty((*old_keys.shape[:2], 2 * old_keys.shape[2]))
-        self._values = [v.new_empty((*v.shape[:2], 2 * v.shape[2])) for v in old_values]
-        self._keys = self._write(self._keys, old_keys[:, :, :live], 0)
-        self._values = [self._write(b, v[:, :, :live], 0) for b, v in zip(self._values, old_values)]
-
-    @staticmethod
-    def _write(buf: torch.Tensor, frame: torch.Tensor, start: int) -> torch.Tensor:
-        end = start + frame.shape[2]
-        if torch.is_grad_enabled() and (frame.requires_grad or buf.requires_grad):
-            return buf.slice_scatter(frame, dim=2, start=start, end=end)  # out of place
-        with torch.no_grad():
-            buf[:, :, start:end].copy_(frame)
-        return buf
-
-    def add(self, key: torch.Tensor, values: torch.Tensor | Sequence[torch.Tensor]) -> None:
-        """Store one frame: key (N, Ck, h, w) and values (N, Cv_i, h, w) (one tensor when
-        ``num_values == 1``, else a list of ``num_values`` tensors). (N, C, h*w) works too.
-        Once ``max_frames`` frames are stored, the oldest is overwritten."""
-        vals = self._frame_value_list(values)
-        _checks.check_tensor(key, "key", ndim=(3, 4))
-        for i, v in enumerate(vals):
-            _checks.check_tensor(v, f"values[{i}]", ndim=key.dim())
-            if v.shape[0] != key.shape[0] or v.shape[2:] != key.shape[2:]:
-                raise ValueError(f"values[{i}] must be (N, Cv, ...) with N and the spatial size of "
-                                 f"key {tuple(key.shape)}, got shape {tuple(v.shape)}")
-            _checks.check_same({"key": key, f"values[{i}]": v}, "device")
-            _checks.check_same({"key": key, f"values[{i}]": v}, "dtype")
-        key = key.flatten(2)
-        vals = [v.flatten(2) for v in vals]
-        if self._keys is not None and self._count > 0:
-            self._check_matches(key, vals)
-        if self._keys is None or (self._count == 0 and not self._matches(key, vals)):
-            self._allocate(key, vals, self.max_frames or 1)
-        elif self.max_frames is None and self._count == self.capacity:
-            self._grow()
-        start = self._next * self._hw
-        self._keys = self._write(self._keys, key, start)
-        self._values = [self._write(b, v, start) for b, v in zip(self._values, vals)]
-        self._count = min(self._count + 1, self.capacity)
-        self._next = (self._next + 1) % self.capacity if self.max_frames else self._count
-
-    def _matches(self, key: torch.Tensor, vals: list[torch.Tensor]) -> bool:
-        return (key.shape[:2] == self._keys.shape[:2] and key.shape[2] == self._hw
-                and key.dtype == self._keys.dtype and key.device == self._keys.device
-                and all(v.shape[1] == b.shape[1] for v, b in zip(vals, self._values)))
-
-    def _check_matches(self, key: torch.Tensor, vals: list[torch.Tensor]) -> None:
-        if not self._matches(key, vals):
-            stored = (f"key (N, Ck, hw)=({self._keys.shape[0]}, {self._keys.shape[1]}, {self._hw}), "
-                      f"Cv={[b.shape[1] for b in self._values]}, {self._keys.dtype} on "
-                      f"{self._keys.device}")
-            raise ValueError(f"key/values do not match the frames already stored: {stored}; got key "
-                             f"{tuple(key.shape)} {key.dtype} on {key.device}, Cv="
-                             f"{[v.shape[1] for v in vals]} (call reset() to start over)")
-
-    def memory(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The live part as views: memory_key (N, Ck, len*hw) and values [(N, Cv_i, len*hw)]."""
-        if self._count == 0:
-            raise ValueError("the memory bank is empty: add() a frame before reading it")
-        live = self._count * self._hw
-        return self._keys[:, :, :live], [v[:, :, :live] for v in self._values]
-
-    def read(self, query_key: torch.Tensor,
-             top_k: int | None = None) -> torch.Tensor | list[torch.Tensor]:
-        """Read the bank at query_key (N, Ck, h, w) (or (N, Ck, Nq)) with :func:`memory_readout`.
-
-        Returns (N, Cv_i, h, w) (or (N, Cv_i, Nq)): one tensor when ``num_values == 1``, else a
-        list."""
-        _checks.check_tensor(query_key, "query_key", ndim=(3, 4))
-        keys, values = self.memory()
-        outs = memory_readout(query_key.flatten(2), keys, values, self.similarity, top_k, self.scale)
-        outs = [o.unflatten(2, query_key.shape[2:]) for o in outs]
-        return outs[0] if self.num_values == 1 else outs
-
-    def reset(self) -> None:
-        """Forget every frame. Buffers are kept for reuse unless they hold autograd history."""
-        self._count = self._next = 0
-        if self._keys is not None and (self._keys.requires_grad
-                                       or any(v.requires_grad for v in self._values)):
-            self._keys, self._values = None, []
+def __getattr__(name: str):
+    """``MemoryBank`` moved to :mod:`vdeblur_ops.nn.memory_bank`; this import path still works."""
+    if name == "MemoryBank":
+        from ..nn.memory_bank import MemoryBank
+        return MemoryBank
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
