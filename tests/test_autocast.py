@@ -64,6 +64,10 @@ def _clear_top3(t: list[torch.Tensor]) -> bool:
     return bool((top[:, 2] - top[:, 3]).min() > 0.25)
 
 
+# bfloat16 through two matmuls and a softmax, forward and back (the reference backend computes
+# every step in bfloat16; worst of 150 draws: 1.6e-2 outputs, 1.8e-2 gradients)
+_READOUT_TOL = {**ATTN_TOL, BF16: 3e-2}
+
 CASES = {
     # promote, one input: a float32 frame is not lowered
     "haar_dwt2d": Case(
@@ -92,17 +96,20 @@ CASES = {
         lambda t: vdeblur_ops.temporal_attention(*t, scale=0.5, heads=2),
         lambda t: ref_ta.temporal_attention(*t, scale=0.5, heads=2),
         [(1, 3, 4, 2, 2)] * 2 + _params(4), [BF16] + [F32] * 11, BF16,
-        # bfloat16 through three matmuls and a softmax, forward and back
-        {**ATTN_TOL, BF16: 3e-2}, [1.0, 1.0] + _param_scales(4)),
+        # bfloat16 through three matmuls and a softmax, forward and back: on the reference
+        # backend every step rounds to bfloat16 (worst of 150 draws: outputs 6.4e-3, gradients
+        # 4.9e-2, the small bias gradients); a wrong formula is off by O(1)
+        {**ATTN_TOL, BF16: 8e-2}, [1.0, 1.0] + _param_scales(4)),
     "memory_readout": Case(
         "memory_readout", lambda t: vdeblur_ops.memory_readout(t[0], t[1], [t[2]], scale=0.5),
         lambda t: ref_mr.memory_readout(t[0], t[1], [t[2]], "l2", None, 0.5),
-        [(1, 4, 5), (1, 4, 7), (1, 3, 7)], [F32, BF16, F32], BF16, ATTN_TOL),
+        [(1, 4, 5), (1, 4, 7), (1, 3, 7)], [F32, BF16, F32], BF16, _READOUT_TOL),
     "memory_readout_top3": Case(
         "memory_readout",
         lambda t: vdeblur_ops.memory_readout(t[0], t[1], [t[2]], top_k=3, scale=0.5),
         lambda t: ref_mr.memory_readout(t[0], t[1], [t[2]], "l2", 3, 0.5),
-        [(1, 4, 5), (1, 4, 7), (1, 3, 7)], [F32, BF16, F32], BF16, ATTN_TOL, accept=_clear_top3),
+        [(1, 4, 5), (1, 4, 7), (1, 3, 7)], [F32, BF16, F32], BF16, _READOUT_TOL,
+        accept=_clear_top3),
 }
 
 
