@@ -41,6 +41,13 @@ from . import TRITON_INTERPRETING, device_guard
 
 _BLOCK_Q = 64  # top-k kernels
 _BLOCK_M = 64
+# Memory positions per tile of the float32 top-k selection: at 64 the "dot" affinity spilled
+# 16 B stores / 8 B loads a thread on sm_80 (ptxas, 168 registers; pipeline stages 1-3 alike),
+# at 32 neither affinity spills on sm_80 / sm_90 (162-168 registers, l2 was 220 at 64). 8 warps
+# at 64 did not spill either, but spread a 16-query tile's row reductions over 8 warps (more
+# shared memory, more barriers in the insertion loop). S = K^T Q stays a 32 x 16 x Ck dot,
+# wide enough for tensor cores; 16-bit operands keep 64 (no spills there).
+_BLOCK_M_FLOAT32_SELECT = 32
 _MAX_CV_BLOCK = 64  # value channels per program: wider blocks spill registers (sm_90, ptxas)
 _INTERPRET_BLOCK = 16  # small tiles under the interpreter: tests span several of them
 
@@ -59,8 +66,12 @@ class _Tiles:
 # Stages: 3 need > 163 KiB of shared memory in float32 (the A100 limit). Why float32 differs:
 # the module docstring. ptxas registers a thread at MemDeblur 720p, two values, l2, sm_80 /
 # sm_90, no spills: float32 fwd 165 / 183, dv 242 / 178, dk 255 / 215, dq 254 / 236.
+# 16-bit dK / dQ run with 8 warps: with 4 they spilled 40 / 64 B stores a thread on sm_80 (255
+# registers); with 8, 248 / 241 (sm_90 182 / 181) and no spills. One stage or 32-channel blocks
+# at 4 warps also ended the spills, but at 254-255 registers, and gave up the load pipelining
+# or half of the dP dots' reduction width; 8 warps keep 64 x 64 tiles, 64 channels, 2 stages.
 _HALF_TILES = {"fwd": _Tiles(64, 64, 64, 8, 2), "dv": _Tiles(64, 64, 64, 4, 2),
-               "dk": _Tiles(64, 64, 64, 4, 2), "dq": _Tiles(64, 64, 64, 4, 2)}
+               "dk": _Tiles(64, 64, 64, 8, 2), "dq": _Tiles(64, 64, 64, 8, 2)}
 _FLOAT32_TILES = {"fwd": _Tiles(64, 32, 32, 8, 2), "dv": _Tiles(32, 64, 32, 4, 2),
                   "dk": _Tiles(32, 64, 32, 4, 1), "dq": _Tiles(32, 32, 32, 4, 1)}
 
@@ -295,6 +306,8 @@ def _topk_select(q, k, weight, index, l2, scale):
     n, ck, nq = q.shape
     nm, kk = k.shape[2], weight.shape[1]
     bq, bm = _blocks(q.device, nq, n)
+    if q.dtype == torch.float32 and q.device.type != "cpu":
+        bm = _BLOCK_M_FLOAT32_SELECT
     ds, ns = _scales(l2, scale)
     _topk_select_kernel[(triton.cdiv(nq, bq), n)](
         q, k, weight, index, ck, nq, nm, kk, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
@@ -551,11 +564,15 @@ def _topk_backward(q, k, vals, grads, weight, index, gq, gk, gvs, l2, ds, ns, bq
             CB=cvb, BQ=bq, num_warps=4)
     dsc = (weight * (dw - (weight * dw).sum(1, keepdim=True))).contiguous()  # dS (N, k, Nq)
     # dK[:, idx] += ds dS Q (atomic) and dQ = ds sum_t dS K[:, idx]; then the l2 norm channel.
+    # This scatter also gathers K, so each thread holds src, acc and the int64 addresses of
+    # two tiles: with 4 warps its 64 x 64 tile spilled 44-92 B a thread in float32 (ptxas
+    # sm_80 / sm_90, 255 registers), and 32 channels still spilled 8 B on sm_80; 8 warps keep
+    # the tile without spills (196-198 registers). No dot here, so only register room counts.
     gk.zero_()
     ckb = _cv_block(ck)
     _topk_scatter_kernel[(triton.cdiv(nq, bq), n, triton.cdiv(ck, ckb))](
         q, dsc, index, gk, k, gq, ck, nq, nm, kk, q.stride(0), q.stride(1), k.stride(0),
-        k.stride(1), CB=ckb, BQ=bq, num_warps=4)
+        k.stride(1), CB=ckb, BQ=bq, num_warps=8)
     gq.mul_(ds)
     gk.mul_(ds)
     if l2:
