@@ -7,6 +7,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -139,8 +140,10 @@ def test_empty_cpu_cache_releases_everything():
 def _run(code: str, cache_mib: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, VDEBLUR_CPU_CACHE_MIB=cache_mib, VDEBLUR_BACKEND="cpu")
     prelude = "import torch, vdeblur_ops\n"
+    # cwd outside the source tree: `python -c` puts the cwd first on sys.path, and the sources
+    # there have no built libraries when the package under test is a non-editable install.
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=tempfile.gettempdir())
 
 
 @pytest.mark.parametrize("cache_mib, cached_mib", [("0", 0), ("40", 32), ("100", 96)])

@@ -138,6 +138,12 @@ def test_conv_gru_nan_propagates(backend):
 @pytest.mark.parametrize("top_k", [None, 3])
 @pytest.mark.parametrize("backend", _backends("memory_readout"))
 def test_memory_readout_nan_propagates(backend, top_k):
+    if (backend == "triton" and top_k is not None and TRITON_ON_CPU and not TRITON_ON_CUDA
+            and tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 7)):
+        # Triton 3.7+'s interpreter reduces argmax / argmin with numpy's nanargmax, which raises
+        # on an all-NaN row ("All-NaN slice encountered") before the kernel's NaN handling runs;
+        # compiled kernels (and Triton 3.6's interpreter, which the GPU machines match) do not.
+        pytest.skip(f"Triton {triton.__version__} interpreter raises on argmax over all-NaN rows")
     n, ck, nq, nm = 2, 4, 20, 24
     q, k = torch.randn(n, ck, nq) * 0.3, torch.randn(n, ck, nm) * 0.3
     v0, v1 = torch.randn(n, 5, nm), torch.randn(n, 3, nm)
