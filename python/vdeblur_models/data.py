@@ -10,9 +10,10 @@ Layouts read (``ROOT`` is what ``--data`` names)::
 folder of clips. Frames are paired by their sorted position in the blur and sharp folders.
 
 Synthetic data (``python -m vdeblur_models.data --make-synthetic DIR``): each clip is a random
-multi-scale colour texture moving at a constant velocity; a sharp frame is one sub-frame and
-its blurry frame the mean of the ``sub_frames`` sub-frames around it (the exposure), as GoPro
-averaged 7-13 consecutive 240 fps frames.
+multi-scale colour texture panning one pixel per sub-frame (direction from ``--motion``); a
+sharp frame is one sub-frame and its blurry frame the mean of the ``sub_frames`` sub-frames
+around it (the exposure), as GoPro averaged 7-13 consecutive 240 fps frames: a box blur
+``sub_frames`` pixels long along the motion.
 """
 from __future__ import annotations
 

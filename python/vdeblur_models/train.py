@@ -1,7 +1,7 @@
 """Train a vdeblur_models network on GoPro / DVD-layout clips.
 
     python -m vdeblur_models.train --model dstnet --preset tiny --data DIR --out RUN_DIR \\
-        [--steps 1000] [--batch-size 4] [--frames 5] [--crop 64] [--lr 2e-4] [--resume]
+        [--steps 1000] [--batch-size 4] [--frames 5] [--crop 64] [--lr 2e-4] [--warmup 50] [--resume]
     torchrun --nproc_per_node=2 -m vdeblur_models.train --model dstnet ...   # the same, DDP
 
 One process per GPU under ``torchrun`` (DistributedDataParallel; NCCL on CUDA, gloo on CPU);
