@@ -78,6 +78,13 @@ def test_memdeblur_paper_parameter_count():
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("backend_name,dtype,n,t,h,w", MEMDEBLUR_CASES)
 def test_memdeblur_fused_matches_reference(backend_name, dtype, n, t, h, w, mode):
+    if mode == "eval" and dtype == torch.float32:
+        # Top-k readout in float32: where the k-th and (k+1)-th affinities tie to rounding, the
+        # two backends (different summation order) may keep different memory entries, which moves
+        # the input gradient by ~3e-4 (seen about once in 30 fresh draws; 5e-7 otherwise). A fixed
+        # draw keeps this model-level check deterministic (the op-level tests in
+        # test_memory_readout.py redraw such ties away, for the same reason).
+        torch.manual_seed(20261202)
     model = _memdeblur_tiny().to(dtype).train(mode == "train")
     frames = torch.rand(n, t, 3, h, w, dtype=dtype)
     out, grad = _memdeblur_kernel_run(model, frames, backend_name)
