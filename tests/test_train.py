@@ -137,6 +137,18 @@ def synthetic(tmp_path_factory) -> Path:
                                seed=int(torch.randint(10_000, ()).item()))
 
 
+@pytest.fixture
+def one_thread():
+    """Training commands run on one thread: the tiny models' ops are too small to share out, and
+    on the loaded 2-core machine two OpenMP threads wait for each other at every op (MemDeblur
+    tiny's forward + backward took 52 s on two threads, 3.6-4.2 s on one; its smoke test
+    140-190 s inside a full run of this file)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_train(model: str, data_dir: Path, out: Path, steps: int, *extra: str) -> None:
     assert train.main(["--model", model, "--preset", "tiny", "--data", str(data_dir),
                        "--out", str(out), "--steps", str(steps), "--workers", "0", "--cache", "--val-frames", "6",
@@ -145,7 +157,7 @@ def run_train(model: str, data_dir: Path, out: Path, steps: int, *extra: str) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(vdeblur_models.list_models()))
-def test_train_smoke_and_resume(model: str, synthetic: Path, tmp_path: Path):
+def test_train_smoke_and_resume(model: str, synthetic: Path, tmp_path: Path, one_thread):
     """Two steps, then resume for one more: loss finite (train raises otherwise), checkpoint
     written, the step count continues, and the deblur command loads the same file."""
     # MemDeblur's ResNet key encoder reaches 1x1 on 32-pixel crops, where training-mode
@@ -204,7 +216,7 @@ def test_lr_factor_warms_up_then_decays_to_zero():
 
 
 @pytest.mark.slow
-def test_training_raises_validation_psnr_over_blurry_input(tmp_path: Path):
+def test_training_raises_validation_psnr_over_blurry_input(tmp_path: Path, one_thread):
     """300 steps of DSTNet tiny (its paper's L1 + 0.1 FFT-L1 loss, AdamW at 1e-2 with 50 warm-up
     steps and cosine decay) deblur held-out synthetic clips by at least 0.5 dB PSNR and 0.003
     SSIM over the blurry input. Measured gains and run times are in README "Training"; the same
@@ -213,13 +225,7 @@ def test_training_raises_validation_psnr_over_blurry_input(tmp_path: Path):
     # Fixed data and training seeds on one thread: the run is repeatable, and the bounds hold on
     # every seed measured, not just on this one.
     root = data.make_synthetic(tmp_path / "data", seed=1234, **GAIN_DATA)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: threads only add overhead
-    try:
-        run_train("dstnet", root, tmp_path / "run", 300, *GAIN_TRAIN, "--lr", "1e-2",
-                  "--seed", "1234")
-    finally:
-        torch.set_num_threads(threads)
+    run_train("dstnet", root, tmp_path / "run", 300, *GAIN_TRAIN, "--lr", "1e-2", "--seed", "1234")
     val = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["val"]
     assert val["psnr"] > val["input_psnr"] + GAIN_MIN_DB, val
     assert val["ssim"] > val["input_ssim"] + GAIN_MIN_SSIM, val
