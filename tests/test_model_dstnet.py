@@ -100,9 +100,16 @@ def test_dstnet_fused_matches_reference(name, device):
     # Triton runs under the (slow) interpreter on CPU: keep that case at the minimum size (two
     # feature channels, one 16x16 frame: one step per propagation direction).
     interpreted = name == "triton" and device == "cpu"
-    model = (tiny_dstnet(num_feat=2) if interpreted else tiny_dstnet()).to(device)
     t, h, w = (1, 16, 16) if interpreted else (3, 17, 21)
-    x = frames(t=t, h=h, w=w).to(device)
+    # The perturbed random models are heavy-tailed: most keep |out| ~ 2, about 1 in 15 reaches
+    # 10-100 and a rare one 1e13, where float32 rounding alone gives 1e-2 relative error between
+    # any two summation orders. Redraw those: a comparison needs a model that does not blow up.
+    for _ in range(10):
+        model = (tiny_dstnet(num_feat=2) if interpreted else tiny_dstnet()).to(device)
+        x = frames(t=t, h=h, w=w).to(device)
+        with torch.no_grad(), vdeblur_ops.backend("reference"):
+            if model(x).abs().max() < 100:
+                break
     cot = torch.randn_like(x)
 
     def run(backend_name):
