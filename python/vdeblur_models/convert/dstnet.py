@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import key_mismatch
+
 if TYPE_CHECKING:
     from ..dstnet import DSTNet
 
@@ -180,9 +182,7 @@ def load_dstnet_official(model: "DSTNet", checkpoint: Mapping, param_key: str | 
                              "load a modified one")
     ours = official_to_ours(sd)
     target = model.state_dict()
-    missing = sorted(set(target) - set(ours))
-    unexpected = sorted(set(ours) - set(target))
-    wrong = [k for k in ours if k in target and ours[k].shape != target[k].shape]
+    missing, unexpected, wrong = key_mismatch(ours, target)
     if missing or unexpected or wrong:
         details = []
         if missing:

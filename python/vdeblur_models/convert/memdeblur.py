@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import key_mismatch
+
 if TYPE_CHECKING:
     from ..memdeblur import MemDeblur
 
@@ -61,10 +63,8 @@ def load_official_memdeblur(model: "MemDeblur", state_dict: Mapping[str, torch.T
     for k in own:  # checkpoints of PyTorch < 0.4.1 have no BatchNorm batch counters
         if k.endswith("num_batches_tracked") and k not in mapped:
             mapped[k] = own[k]
-    missing = sorted(set(own) - set(mapped))
-    unexpected = sorted(set(mapped) - set(own))
-    bad_shape = sorted(k for k in set(own) & set(mapped)
-                       if tuple(own[k].shape) != tuple(mapped[k].shape))
+    missing, unexpected, bad_shape = key_mismatch(mapped, own)
+    bad_shape = sorted(bad_shape)
     if missing or unexpected or bad_shape:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
