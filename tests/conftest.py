@@ -19,3 +19,17 @@ def _fresh_seed(request):
     torch.manual_seed(seed)
     request.node.user_properties.append(("seed", seed))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _backend_not_leaked():
+    """A test that leaves ``vdeblur_ops.backend(...)`` forced would silently change every later
+    test's backend (one did, under torch 2.14): restore it and fail the test that leaked."""
+    import vdeblur_ops._backend as chooser
+
+    before = (chooser._forced, chooser._forced_by)
+    yield
+    after = (chooser._forced, chooser._forced_by)
+    if after != before:
+        chooser._forced, chooser._forced_by = before
+        pytest.fail(f"the test left the backend forced to {after[0]!r} (was {before[0]!r})")

@@ -103,19 +103,21 @@ def test_threads_share_the_cache_safely():
     errors: list[str] = []
 
     def work(x, want):
-        with vdeblur_ops.backend("cpu"):
-            for step in range(6):
-                _ll, highs = vdeblur_ops.haar_dwt2d(x)
-                err = (highs[0] - want).abs().max().item()
-                if not err < 1e-5:
-                    errors.append(f"step {step}: max error {err}")
-                del highs
+        for step in range(6):
+            _ll, highs = vdeblur_ops.haar_dwt2d(x)
+            err = (highs[0] - want).abs().max().item()
+            if not err < 1e-5:
+                errors.append(f"step {step}: max error {err}")
+            del highs
 
     threads = [threading.Thread(target=work, args=pair) for pair in zip(inputs, wants)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # backend() is process-wide: entered once here, not per thread (threads leaving their own
+    # blocks out of order restored each other's setting and left 'cpu' forced for later tests).
+    with vdeblur_ops.backend("cpu"):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert not errors, errors
     assert 0 < vdeblur_ops.cpu_cache_bytes() <= 3 * 48 * MIB
 

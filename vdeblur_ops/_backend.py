@@ -46,7 +46,9 @@ def backend(name: str | None) -> Iterator[None]:
     ``name`` is one of ``"reference"``, ``"cpu"``, ``"cuda"``, ``"triton"``, or ``None`` to go back
     to automatic choice. An op that cannot run on the forced backend (not built, wrong device,
     unsupported dtype) raises a RuntimeError naming what is missing; it never falls back silently.
-    The setting is process-wide (not per thread), like ``torch.backends`` flags.
+    The setting is process-wide (not per thread), like ``torch.backends`` flags: enter it once,
+    around any worker threads, not inside each of them (blocks that several threads leave out of
+    order restore each other's setting).
     """
     global _forced, _forced_by
     previous = (_forced, _forced_by)
