@@ -1,9 +1,11 @@
-"""Benchmark cases and the timing machinery shared by ``vdeblur-bench``, ``benchmarks/`` and
-``benchmarks/gpu_check.py``.
+"""Benchmark cases and the timing machinery of ``python -m benchmarks`` (also
+``scripts/bench.sh``), the pytest-benchmark files beside it and the GPU check
+(``python -m benchmarks --gpu-check``). This tree is not part of the wheel: it imports
+``vdeblur_ops`` and ``vdeblur_models``, which never import it (no import cycle).
 
-Each op family adds ``vdeblur_ops/bench/cases/<family>.py`` with ``cases(preset) -> list[Case]``,
-each model ``cases/model_<model>.py`` (these import ``vdeblur_models``; ``vdeblur_models`` does not
-import the bench, so there is no import cycle).
+Each op family adds ``benchmarks/cases/<family>.py`` with ``cases(preset) -> list[Case]``,
+each model ``cases/model_<model>.py``: input setup only, the timing is here, in
+:mod:`benchmarks.timing` and in :mod:`benchmarks.model_ratio`.
 A :class:`Case` builds fresh inputs on a device and runs the public op (so backend choice goes
 through :func:`vdeblur_ops.backend`); the reference is the same call under ``backend("reference")``
 unless the case names other plain-PyTorch baselines too (``baselines``).
@@ -11,18 +13,22 @@ unless the case names other plain-PyTorch baselines too (``baselines``).
 :func:`variants` lists what is timed per case: the eager reference, ``torch.compile`` of the same
 reference (``"reference-compiled"``), the case's plain-PyTorch baselines and every backend of the
 op family on the device. :func:`run_case` times them interleaved and reports each against the
-eager reference and against the best baseline (the fastest non-backend variant).
+eager reference and against the best baseline (the fastest non-backend variant); :func:`run_all`
+runs a list of cases, problem after problem.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+# vdeblur_ops is imported inside the functions: the GPU check imports this package before it
+# builds the extension in place, and must not load the old libraries first.
 from .timing import interleaved_times, peak_memory, synchronize
 from .timing import median_time as median_time  # re-exported for the model cases
 
@@ -73,7 +79,7 @@ def _case_modules(name: str) -> list[str]:
 def all_cases(preset: str, names: Sequence[str] | None = None) -> list[Case]:
     """Cases for ``preset`` (``"cpu"``, ``"gpu"`` or ``"tiny"``) of the named op families and
     models (default: every op family, then every model; the model cases need vdeblur_models)."""
-    from .. import FAMILIES
+    from vdeblur_ops import FAMILIES
 
     found = []
     for name in names or (*FAMILIES, *MODELS):
@@ -136,7 +142,7 @@ class Variant:
 
 def under_backend(case: Case, name: str) -> Callable[..., Any]:
     """``case.run`` with the dispatcher forced to backend ``name``."""
-    from .. import backend
+    from vdeblur_ops import backend
 
     def call(*args: Any) -> Any:
         with backend(name):
@@ -154,7 +160,7 @@ def compiled_reference(case: Case) -> Callable[..., Any]:
 def variants(case: Case, device: torch.device, compile: bool = True) -> list[Variant]:
     """What to time for ``case`` on ``device``: the eager reference, its ``torch.compile``
     (``compile=True``), the case's baselines, then each available backend of its family."""
-    from .. import available_backends
+    from vdeblur_ops import available_backends
 
     found = [Variant(REFERENCE, "reference", under_backend(case, REFERENCE))]
     if compile:
@@ -168,7 +174,7 @@ def variants(case: Case, device: torch.device, compile: bool = True) -> list[Var
 @dataclass
 class Row:
     """One variant of one case in one mode. ``backend`` is the variant's name (kept under that
-    name for ``benchmarks/gpu_check.py``); ratios come from medians of the same interleaved run."""
+    name for the GPU check's JSON); ratios come from medians of the same interleaved run."""
 
     op: str
     shape: str
@@ -284,6 +290,42 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, min_time: flo
                             peak_memory(steps[name], device), bw, kind=kinds[name], min_s=lo,
                             max_s=hi, q1_s=q1, q3_s=q3, rounds=len(timing.times),
                             vs_best_baseline=plain[best] / timing.median, best_baseline=best))
+    return rows
+
+
+
+def run_all(cases: Sequence[Case], device: torch.device, min_time: float = 0.3,
+            compile: bool = True, min_rounds: int = 5,
+            progress: Callable[[str], None] | None = None,
+            on_problem: Callable[[list[Row], list[Row]], None] | None = None,
+            keep_going: bool = False) -> list[Row]:
+    """:func:`run_case` for every (case, dtype) of ``cases`` in turn: the one loop of the
+    command line and of the GPU check.
+
+    ``progress`` gets run_case's messages prefixed with ``[problem/problems elapsed]``;
+    ``on_problem(new_rows, all_rows)`` runs after each problem, so that a caller can print or
+    save what ran before a run is cut short. With ``keep_going`` a problem that raises is
+    reported to ``progress`` and left out (one failing case must not hide the rest); otherwise
+    the exception propagates.
+    """
+    jobs = [(c, d) for c in cases for d in c.dtypes]
+    say = progress or (lambda msg: None)
+    rows: list[Row] = []
+    start = time.perf_counter()
+    for i, (case, dtype) in enumerate(jobs, 1):
+        def tell(msg: str, i: int = i) -> None:
+            say(f"[{i}/{len(jobs)} {time.perf_counter() - start:6.1f}s] {msg}")
+        try:
+            new = run_case(case, device, dtype, min_time, tell, compile=compile,
+                           min_rounds=min_rounds)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless keep_going
+            if not keep_going:
+                raise
+            tell(f"{case.op} {case.shape} {_dtype_name(dtype)}: {type(exc).__name__}: {exc}")
+            continue
+        rows.extend(new)
+        if on_problem is not None:
+            on_problem(new, rows)
     return rows
 
 

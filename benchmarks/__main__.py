@@ -1,9 +1,10 @@
-"""``vdeblur-bench`` / ``python -m vdeblur_ops.bench``: time every op's backends against its
-reference, ``torch.compile`` of the reference and the plain-PyTorch baselines on this machine's
-device, repeats interleaved round-robin, and print a table (op, shape, dtype, mode, variant,
-median time, spread, speed-up over the reference and over the best baseline, relative error
-against float64, peak memory); write it as JSON, and as a PNG chart when matplotlib is
-installed."""
+"""``python -m benchmarks`` (``scripts/bench.sh``, from the repository root): time every op's
+backends against its reference, ``torch.compile`` of the reference and the plain-PyTorch
+baselines on this machine's device, repeats interleaved round-robin, and print a table (op,
+shape, dtype, mode, variant, median time, spread, speed-up over the reference and over the best
+baseline, relative error against float64, peak memory); write it as JSON, and as a PNG chart
+when matplotlib is installed. ``python -m benchmarks --gpu-check --out DIR`` runs the GPU check
+instead (``benchmarks/gpu_stages.py``; ``--gpu-check --help`` lists its options)."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import PRESETS, all_cases, format_table, run_case
+from . import PRESETS, all_cases, format_table, run_all
 
 
 def device_name(device: torch.device) -> str:
@@ -49,7 +50,13 @@ def write_chart(rows: list, path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vdeblur-bench", description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--gpu-check" in argv:  # its own options (--out, --budget-s, ...): its own parser
+        from .gpu_stages import main as gpu_check
+
+        argv.remove("--gpu-check")
+        return gpu_check(argv)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", choices=PRESETS, default=None,
                         help="shape preset: 'gpu' (paper-sized), 'cpu' (scaled down), 'tiny' (smoke test); "
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                              "per graph on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--output", default="bench-results", help="folder for the JSON and PNG")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="run the GPU check instead: build for the visible GPU, run the CUDA "
+                             "tests, time every op and model, each stage's results into --out DIR "
+                             "as it ends (see --gpu-check --help)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -72,19 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
     families = args.ops.split(",") if args.ops else None
     cases = all_cases(preset, families)
-    jobs = [(c, d) for c in cases for d in c.dtypes]
-    print(f"vdeblur-bench: {len(jobs)} problems on {device_name(device)}, preset {preset!r}",
+    problems = sum(len(c.dtypes) for c in cases)
+    print(f"python -m benchmarks: {problems} problems on {device_name(device)}, preset {preset!r}",
           file=sys.stderr)
-    rows = []
     start = time.perf_counter()
-    for i, (case, dtype) in enumerate(jobs, 1):
-        def progress(msg: str, i: int = i) -> None:
-            print(f"[{i}/{len(jobs)} {time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-        done = run_case(case, device, dtype, args.min_time, progress,
-                        compile=not args.no_compile, min_rounds=args.min_rounds)
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    def show(done: list, rows: list) -> None:
         if done:  # each problem's rows as they come, so that a run cut short keeps them
             print(format_table(done), file=sys.stderr, flush=True)
-        rows.extend(done)
+
+    rows = run_all(cases, device, args.min_time, compile=not args.no_compile,
+                   min_rounds=args.min_rounds, progress=progress, on_problem=show)
     print(format_table(rows))
 
     out = Path(args.output)

@@ -1,12 +1,15 @@
-"""pytest-benchmark suite: the same variants as ``vdeblur-bench`` (``pytest benchmarks/
---benchmark-only``): the eager reference, ``torch.compile`` of the reference, the case's
-plain-PyTorch baselines and every backend of the op family, one benchmark group per case, dtype
-and mode so that the report compares them. Cases come from ``vdeblur_ops.bench``; the preset
-follows the device (``VDEBLUR_BENCH_PRESET`` overrides: ``cpu``, ``gpu`` or ``tiny``);
-``VDEBLUR_BENCH_NO_COMPILE=1`` leaves out the compiled reference (~20 s per graph on CPU).
+"""pytest-benchmark suite: the same variants as ``python -m benchmarks`` (``pytest benchmarks/
+--benchmark-only`` from the repository root): the eager reference, ``torch.compile`` of the
+reference, the case's plain-PyTorch baselines and every backend of the op family, one benchmark
+group per case, dtype and mode so that the report compares them. Cases come from this package
+(``benchmarks.cases``); the preset follows the device (``VDEBLUR_BENCH_PRESET`` overrides:
+``cpu``, ``gpu`` or ``tiny``); ``VDEBLUR_BENCH_NO_COMPILE=1`` leaves out the compiled reference
+(~20 s per graph on CPU).
 
 pytest-benchmark runs one benchmark after another, so these repeats are not interleaved: for
-ratios on a noisy machine use ``vdeblur-bench``, which interleaves them."""
+ratios on a noisy machine use ``python -m benchmarks``, which interleaves them. pytest imports
+this file as ``benchmarks.conftest`` (the folder is a package), so the test files import
+``family_params`` and ``run_benchmark`` from ``.conftest``."""
 from __future__ import annotations
 
 import os
@@ -14,8 +17,7 @@ import os
 import pytest
 import torch
 
-from vdeblur_ops.bench import (all_cases, detached_copy, first_line, forward_backward, synchronize,
-                               variants)
+from . import all_cases, detached_copy, first_line, forward_backward, synchronize, variants
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PRESET = os.environ.get("VDEBLUR_BENCH_PRESET", "gpu" if DEVICE.type == "cuda" else "cpu")

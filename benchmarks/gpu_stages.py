@@ -1,7 +1,8 @@
 """GPU check that fits one device lease: build for the visible GPU, run the CUDA-device tests, measure
 the copy bandwidth, time every op and model at paper shapes. One command, under a time budget:
 
-    python benchmarks/gpu_check.py --out DIR [--budget-s 420] [--ops haar,dstnet] [--no-build]
+    python -m benchmarks --gpu-check --out DIR [--budget-s 420] [--ops haar,dstnet] [--no-build]
+    python benchmarks/gpu_check.py --out DIR ...     (the same; the README's and device tool's form)
 
 Every stage writes its result into DIR the moment it finishes, so a run cut short still returns
 what ran; a stage that would start with too little budget left is recorded as skipped. DIR holds
@@ -153,7 +154,7 @@ def tests(out: Path, timeout: float) -> tuple[str, dict]:
 def timings(out: Path, kind: str, names: list[str] | None, min_time: float, timeout: float) -> tuple[str, dict]:
     """Time in a child process (this script's --worker mode) so a hang is killable; the child
     rewrites <kind>.json after every case, so a timeout keeps what was measured."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--out", str(out),
+    cmd = [sys.executable, "-m", "benchmarks", "--gpu-check", "--worker", kind, "--out", str(out),
            "--min-time", str(min_time)] + (["--ops", ",".join(names)] if names else [])
     status = run_logged(cmd, out / "timings.log", timeout)
     path = out / f"{kind}.json"
@@ -162,26 +163,26 @@ def timings(out: Path, kind: str, names: list[str] | None, min_time: float, time
 
 
 def worker(out: Path, kind: str, names: list[str] | None, min_time: float) -> int:
-    """Child process: time the cases of `kind` ('ops' or 'models') on cuda, writing as it goes."""
-    sys.path[:0] = [str(ROOT), str(ROOT / "python")]
+    """Child process: time the cases of `kind` ('ops' or 'models') on cuda with the runner's loop
+    (:func:`benchmarks.run_all`), rewriting <kind>.json after every problem."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "python")]  # the in-place build, not an installed copy
     import torch
 
     import vdeblur_ops
-    from vdeblur_ops.bench import MODELS, all_cases, format_table, run_case
+
+    from . import MODELS, all_cases, format_table, run_all
     wanted = [n for n in (vdeblur_ops.FAMILIES if kind == "ops" else MODELS) if not names or n in names]
-    device, rows, path = torch.device("cuda"), [], out / f"{kind}.json"
+    device, path = torch.device("cuda"), out / f"{kind}.json"
     copy_bw = json.loads((out / "stages.json").read_text())["stages"].get("bandwidth", {}).get("copy_gbs")
-    for case in all_cases("gpu", wanted) if wanted else []:
-        for dtype in case.dtypes:
-            try:
-                new = run_case(case, device, dtype, min_time, lambda msg: print(" ", msg, flush=True))
-            except Exception as exc:  # record and go on: one failing case must not hide the rest
-                print(f"  {case.op} {case.shape} {dtype}: {type(exc).__name__}: {exc}", flush=True)
-                continue
-            rows.extend(new)
-            write_json(path, {"device": torch.cuda.get_device_name(0), "copy_bandwidth_gbs": copy_bw,
-                              "rows": [dict(r.as_dict(), copy_fraction=(r.bandwidth_gbs / copy_bw if copy_bw and
-                                       getattr(r, "bandwidth_gbs", None) else None)) for r in rows]})
+
+    def save(new: list, rows: list) -> None:
+        write_json(path, {"device": torch.cuda.get_device_name(0), "copy_bandwidth_gbs": copy_bw,
+                          "rows": [dict(r.as_dict(), copy_fraction=(r.bandwidth_gbs / copy_bw if copy_bw and
+                                   getattr(r, "bandwidth_gbs", None) else None)) for r in rows]})
+
+    # keep_going: record a failing case and go on, one must not hide the rest
+    rows = run_all(all_cases("gpu", wanted) if wanted else [], device, min_time,
+                   progress=lambda msg: print(" ", msg, flush=True), on_problem=save, keep_going=True)
     print(format_table(rows), flush=True)
     return 0
 
@@ -204,7 +205,8 @@ def copy_bandwidth_gbs(torch, nbytes: int = 1 << 30, repeats: int = 20) -> float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks --gpu-check",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting stages after this")
     parser.add_argument("--no-build", action="store_true", help="use the libraries already built")

@@ -1,14 +1,17 @@
 """End-to-end ratio of a model with the fused ops over the same model under
 ``backend("reference")``, for the model cases (``cases/model_<model>.py``) and their command lines.
 
-Unlike :func:`vdeblur_ops.bench.run_case` (many variants, table rows) this times exactly two
+Unlike :func:`benchmarks.run_case` (many variants, table rows) this times exactly two
 configurations of one model with the same weights, back to back in every round so that both see
 the same machine noise, on shapes too large for a bench preset (the issue's CPU figures). It
 reports medians, minima, their ratios and the ratio of each back-to-back pair: on a machine shared
 by many jobs, read the spread of the pairs, not one number.
 
-    python -m vdeblur_ops.bench.model_ratio --model memdeblur --preset paper --shape 1,6,3,64,96
-    python -m vdeblur_ops.bench.cases.model_tfn          # the same with TFN's defaults
+    python -m benchmarks.model_ratio --model memdeblur --preset paper --shape 1,6,3,64,96
+    python -m benchmarks.cases.model_tfn          # the same with TFN's defaults
+
+ESTRNN calls no fused op; its figure is the steady-state time per frame of the copy-free and the
+``torch.cat`` dense blocks (:func:`estrnn_time_per_frame`, ``python -m benchmarks.cases.model_estrnn``).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 import vdeblur_ops
+
+from .timing import median_time, synchronize
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
 
@@ -103,7 +108,7 @@ def measure_cpu_ratio(name: str, preset: str = "paper", shape: Sequence[int] = (
 def main(argv: Sequence[str] | None = None, model: str | None = None, preset: str = "paper",
          shape: str = "1,5,3,64,64", repeats: int = 3) -> None:
     """Command line; ``model``, ``preset``, ``shape`` and ``repeats`` are the defaults of a
-    model's own ``python -m vdeblur_ops.bench.cases.model_<model>``."""
+    model's own ``python -m benchmarks.cases.model_<model>``."""
     parser = argparse.ArgumentParser(description="model CPU end to end: fused over reference")
     parser.add_argument("--model", default=model, required=model is None)
     parser.add_argument("--preset", default=preset)
@@ -130,6 +135,45 @@ def main(argv: Sequence[str] | None = None, model: str | None = None, preset: st
           f"{res['ratio']:.3f}; minima {res['fused_min_s']:.3f} / {res['reference_min_s']:.3f} s "
           f"= {res['ratio_of_minima']:.3f}; per round "
           f"{', '.join(f'{r:.2f}' for r in res['pair_ratios'])}; rel. error {res['rel_err']:.1e}")
+
+
+def estrnn_time_per_frame(preset: str = "B9C80", height: int = 720, width: int = 1280,
+                          device: str | None = None, copy_free: bool = True, short: int = 6,
+                          long: int = 12, min_time: float = 1.0) -> float:
+    """ESTRNN's steady-state forward seconds per frame: (time(T=long) - time(T=short)) /
+    (long - short), which cancels the ramp-up frames (the first / last ``past``/``future`` frames
+    give no output) and leaves one cell step + one fusion + one reconstruction per frame.
+    ``copy_free=False`` times the ``torch.cat`` dense blocks instead."""
+    import vdeblur_models
+
+    from .cases.model_estrnn import set_copy_free  # the case module imports this one: lazily
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = set_copy_free(vdeblur_models.build("estrnn", preset).to(dev).eval(), copy_free)
+    times = {}
+    with torch.no_grad():
+        for t in (short, long):
+            frames = torch.rand(1, t, 3, height, width, device=dev)
+            times[t] = median_time(lambda: model(frames), dev, min_time, min_repeats=3)
+            synchronize(dev)
+    return (times[long] - times[short]) / (long - short)
+
+
+def estrnn_per_frame_main(argv: Sequence[str] | None = None) -> None:
+    """Command line of ``python -m benchmarks.cases.model_estrnn``: ESTRNN's time per frame with
+    the copy-free and with the ``torch.cat`` dense blocks."""
+    parser = argparse.ArgumentParser(description="ESTRNN steady-state time per frame")
+    parser.add_argument("--preset", default="B9C80")
+    parser.add_argument("--size", default="720,1280", help="H,W")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    h, w = (int(s) for s in args.size.split(","))
+    for copy_free in (True, False):
+        t0 = time.perf_counter()
+        s = estrnn_time_per_frame(args.preset, h, w, args.device, copy_free)
+        label = "copy-free RDB" if copy_free else "torch.cat RDB"
+        print(f"ESTRNN {args.preset} {h}x{w} {label}: {s * 1e3:.1f} ms per frame "
+              f"(measured in {time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 interpolate+shifted-views baselines."""
 import pytest
 
-from conftest import family_params, run_benchmark
+from .conftest import family_params, run_benchmark
 
 
 @pytest.mark.parametrize("case,dtype,backend_name,mode", family_params("dynamic_filter"))

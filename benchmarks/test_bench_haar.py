@@ -1,7 +1,7 @@
 """Haar DWT / IDWT: each backend beside the strided-slice reference."""
 import pytest
 
-from conftest import family_params, run_benchmark
+from .conftest import family_params, run_benchmark
 
 
 @pytest.mark.parametrize("case,dtype,backend_name,mode", family_params("haar"))

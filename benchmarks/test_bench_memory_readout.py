@@ -1,7 +1,7 @@
 """Memory readout: each backend beside the reference (and F.scaled_dot_product_attention)."""
 import pytest
 
-from conftest import family_params, run_benchmark
+from .conftest import family_params, run_benchmark
 
 
 @pytest.mark.parametrize("case,dtype,backend_name,mode", family_params("memory_readout"))

@@ -1,10 +1,10 @@
 """The five models end to end: each with the fused ops beside the same model under
-backend("reference") (cases from vdeblur_ops.bench.cases.model_<model>: tiny models on CPU, the
+backend("reference") (cases from benchmarks/cases/model_<model>.py: tiny models on CPU, the
 paper models on 720p clips on a GPU; the shape names the N x T frames of one call)."""
 import pytest
 
-from conftest import family_params, run_benchmark
-from vdeblur_ops.bench import MODELS
+from . import MODELS
+from .conftest import family_params, run_benchmark
 
 
 @pytest.mark.parametrize("case,dtype,backend_name,mode", [p for m in MODELS for p in family_params(m)])

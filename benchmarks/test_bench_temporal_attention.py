@@ -1,7 +1,7 @@
 """temporal_attention: each backend beside the plain-PyTorch reference and torch.compile of it."""
 import pytest
 
-from conftest import family_params, run_benchmark
+from .conftest import family_params, run_benchmark
 
 
 @pytest.mark.parametrize("case,dtype,backend_name,mode", family_params("temporal_attention"))

@@ -1,8 +1,13 @@
-"""Shared test helpers: relative errors, backend lists, poisoned outputs, and the model tests'
-runs of one model under two backends."""
+"""Shared test helpers: relative errors, backend lists, poisoned outputs, the model tests'
+runs of one model under two backends, and the repository's benchmarks package."""
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -96,3 +101,26 @@ def dstnet_official_checkpoint(model: torch.nn.Module) -> dict:
     from vdeblur_models.dstnet import ours_to_official  # only the model tests need the models
 
     return {"params": {k: v.clone() for k, v in ours_to_official(model.state_dict()).items()}}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmarks(submodule: str = "") -> ModuleType:
+    """The repository's ``benchmarks`` package (or ``benchmarks.<submodule>``), loaded from its
+    files. Not by putting the repository root on sys.path: CI's second step runs the tests with
+    ``python -P`` against the installed package, and the root would shadow it with the sources.
+    Registered in sys.modules with its folder as ``__path__``, so ``benchmarks.cases.<x>`` and
+    ``from benchmarks import ...`` work afterwards."""
+    if "benchmarks" not in sys.modules:
+        folder = ROOT / "benchmarks"
+        spec = importlib.util.spec_from_file_location(
+            "benchmarks", folder / "__init__.py", submodule_search_locations=[str(folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["benchmarks"] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules["benchmarks"]
+            raise
+    return importlib.import_module(f"benchmarks.{submodule}" if submodule else "benchmarks")

@@ -1,4 +1,4 @@
-"""The models' end-to-end ratio helper (vdeblur_ops/bench/model_ratio.py) and its callers."""
+"""The models' end-to-end ratio helper (benchmarks/model_ratio.py) and its callers."""
 from __future__ import annotations
 
 import importlib
@@ -6,7 +6,9 @@ import importlib
 import pytest
 import torch
 
-from vdeblur_ops.bench import model_ratio
+from helpers import load_benchmarks
+
+model_ratio = load_benchmarks("model_ratio")
 
 
 def test_interleaved_ratio_alternates_and_reports(monkeypatch):
@@ -60,7 +62,7 @@ def test_measure_cpu_ratio_runs_the_two_backends(monkeypatch, train, backward):
 def test_model_cases_use_the_shared_helper(name):
     """Every model case with fused ops takes its command line from model_ratio (none keeps a
     private copy of the timing loop)."""
-    module = importlib.import_module(f"vdeblur_ops.bench.cases.{name}")
+    module = importlib.import_module(f"benchmarks.cases.{name}")
     assert module.main is model_ratio.main
     assert not hasattr(module, "measure_cpu_ratio")
 

@@ -1,6 +1,7 @@
-"""The benchmark runner (vdeblur_ops.bench): the table's columns, ratios taken from the medians of
-the same run, round-robin interleaving, torch.compile of the reference, and a run that prints no
-profiler log lines. Tiny shapes; this tests the runner, it does not time the kernels."""
+"""The benchmark runner (benchmarks/, loaded by file path): the table's columns, ratios taken from
+the medians of the same run, round-robin interleaving, torch.compile of the reference, and a run
+that prints no profiler log lines. Tiny shapes; this tests the runner, it does not time the
+kernels."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,12 @@ import pytest
 import torch
 
 import vdeblur_ops
-from vdeblur_ops.bench import COLUMNS, Case, all_cases, format_table, run_case
-from vdeblur_ops.bench.__main__ import main
+from helpers import load_benchmarks
+
+bench = load_benchmarks()
+COLUMNS, Case, all_cases, format_table, run_case = (
+    bench.COLUMNS, bench.Case, bench.all_cases, bench.format_table, bench.run_case)
+main = load_benchmarks("__main__").main
 
 CPU = torch.device("cpu")
 
@@ -90,6 +95,26 @@ def test_cli_prints_no_profiler_lines(capfd, tmp_path):
     assert "USDT" not in out + err and "profiler_st" not in out + err
     assert out.splitlines()[0].split()[:4] == ["op", "shape", "dtype", "mode"]
     assert list(tmp_path.glob("bench-cpu-*.json"))
+
+
+def test_run_all_reports_each_problem_and_keeps_going():
+    """run_all (the loop of the command line and of the GPU check): rows per problem as they
+    come; with keep_going a failing problem is reported and left out, without it it raises."""
+    def broken(x):
+        raise RuntimeError("broken case")
+
+    good = _haar_case(backward=False)
+    bad = Case("haar", "broken", good.shape, good.make_inputs, broken, backward=False)
+    seen, progress = [], []
+    rows = bench.run_all([bad, good], CPU, min_time=0.0, compile=False, min_rounds=2,
+                         progress=progress.append, keep_going=True,
+                         on_problem=lambda new, rows: seen.append((len(new), len(rows))))
+    assert rows and {r.op for r in rows} == {"haar_dwt2d"}
+    assert seen == [(len(rows), len(rows))]
+    assert any(p.startswith("[1/2 ") and "broken case" in p for p in progress), progress
+    assert all(p.startswith(("[1/2 ", "[2/2 ")) for p in progress)
+    with pytest.raises(RuntimeError, match="broken case"):
+        bench.run_all([bad, good], CPU, min_time=0.0, compile=False, min_rounds=2)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "cpu"])

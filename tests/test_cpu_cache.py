@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import vdeblur_ops
-from helpers import TOL, assert_rel, kernel_backends
+from helpers import TOL, assert_rel, kernel_backends, load_benchmarks
 from vdeblur_ops.reference import conv_gru as ref_gru
 from vdeblur_ops.reference import haar as ref_haar
 
@@ -123,7 +123,7 @@ def test_threads_share_the_cache_safely():
 
 
 def test_profiler_sees_cached_allocations():
-    from vdeblur_ops.bench import peak_memory
+    peak_memory = load_benchmarks("timing").peak_memory
 
     with vdeblur_ops.backend("cpu"), torch.no_grad():
         peak = peak_memory(lambda: vdeblur_ops.haar_dwt2d(torch.randn(HAAR_SHAPE)), torch.device("cpu"))

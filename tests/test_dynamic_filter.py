@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import vdeblur_ops
-from helpers import CUDA, TOL, assert_rel, backend_params, requires_cuda
-from vdeblur_ops.bench import peak_memory
+from helpers import CUDA, TOL, assert_rel, backend_params, load_benchmarks, requires_cuda
 from vdeblur_ops.reference import dynamic_filter as ref
+
+peak_memory = load_benchmarks("timing").peak_memory
 
 BACKENDS = backend_params("dynamic_filter")
 CPP = [p for p in BACKENDS if p.values[0] in ("cpu", "cuda")]

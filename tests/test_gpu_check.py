@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.py without a GPU: it must say so, in files and exit status, not crash or
-pretend to have measured anything."""
+"""The GPU check (``python benchmarks/gpu_check.py`` and ``python -m benchmarks --gpu-check``)
+without a GPU: it must say so, in files and exit status, not crash or pretend to have measured
+anything."""
 import json
 import subprocess
 import sys
@@ -8,14 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+# the README's and device tool's script, and the runner's option it wraps (run from the root)
+COMMANDS = {"script": [str(SCRIPT)], "runner": ["-m", "benchmarks", "--gpu-check"]}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the real check would run")
-def test_no_gpu_writes_environment_and_exits_2(tmp_path):
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_no_gpu_writes_environment_and_exits_2(tmp_path, command):
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--budget-s", "30"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, *COMMANDS[command], "--out", str(out), "--budget-s", "30"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no CUDA device visible" in proc.stderr
     env = json.loads((out / "environment.json").read_text())

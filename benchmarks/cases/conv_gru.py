@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import conv_gru_gates, conv_gru_reset, conv_gru_update
+from vdeblur_ops import conv_gru_gates, conv_gru_reset, conv_gru_update
+
 from .. import Case
 
 _SHAPES = {"cpu": (4, 64, 128, 128), "gpu": (4, 128, 180, 320), "tiny": (1, 4, 5, 6)}

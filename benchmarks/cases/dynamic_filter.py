@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from ... import dynamic_filter2d
-from ...reference.dynamic_filter import dynamic_filter2d_shifted
+from vdeblur_ops import dynamic_filter2d
+from vdeblur_ops.reference.dynamic_filter import dynamic_filter2d_shifted
+
 from .. import Case
 
 _SHAPES = {"cpu": (2, 64, 128, 128), "gpu": (1, 64, 360, 640), "tiny": (1, 4, 16, 24)}

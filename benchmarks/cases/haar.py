@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import haar_dwt2d, haar_idwt2d
+from vdeblur_ops import haar_dwt2d, haar_idwt2d
+
 from .. import Case
 
 _SHAPES = {"cpu": (4, 64, 256, 256), "gpu": (1, 64, 720, 1280), "tiny": (1, 4, 17, 18)}

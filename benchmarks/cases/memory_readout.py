@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ... import memory_readout
+from vdeblur_ops import memory_readout
+
 from .. import Case
 
 # (N, Ck, Nq, Nm, Cv): MemDeblur at 720p on a GPU (5 frames of 3600 positions at 1/16 scale),

@@ -1,5 +1,5 @@
 """Shared pieces of the models' benchmark cases (``model_<model>.py``): one end-to-end
-``vdeblur_ops.bench.Case`` per bench preset, the model with the fused ops against the same model
+``benchmarks.Case`` per bench preset, the model with the fused ops against the same model
 (same weights) under ``backend("reference")``."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from vdeblur_ops.bench import Case
-
 import vdeblur_models
+
+from .. import Case
 
 
 def model_factory(name: str, preset: str, overrides: dict | None = None,

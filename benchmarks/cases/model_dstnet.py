@@ -1,4 +1,4 @@
-"""DSTNet end to end as ``vdeblur_ops.bench`` cases: the whole model with the fused ops against
+"""DSTNet end to end as ``benchmarks`` cases: the whole model with the fused ops against
 the same model (same weights) under ``backend("reference")``.
 
 Presets: "tiny" (smoke test: tiny model, 2 frames of 16x16), "cpu" (tiny model, 5 frames of
@@ -7,12 +7,12 @@ Presets: "tiny" (smoke test: tiny model, 2 frames of 16x16), "cpu" (tiny model, 
 "dynamic_filter", whose backends matter most (the Haar op follows the same forced backend).
 
 The issue's CPU figure, the paper model at (1, 5, 3, 128, 128), is too slow for a CI preset; it
-is measured by ``python -m vdeblur_ops.bench.cases.model_dstnet``
-(:func:`vdeblur_ops.bench.model_ratio.measure_cpu_ratio`).
+is measured by ``python -m benchmarks.cases.model_dstnet``
+(:func:`benchmarks.model_ratio.measure_cpu_ratio`).
 """
 from __future__ import annotations
 
-from vdeblur_ops.bench import Case
+from .. import Case
 
 from ..model_ratio import main
 from .model_common import model_cases

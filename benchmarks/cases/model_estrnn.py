@@ -1,4 +1,4 @@
-"""ESTRNN end to end as ``vdeblur_ops.bench`` cases.
+"""ESTRNN end to end as ``benchmarks`` cases.
 
 ESTRNN calls no ``vdeblur_ops`` op, so "fused vs ``backend("reference")``" is the same code: the
 case's family is "estrnn", which names no op family, so only the reference runs, beside the
@@ -10,18 +10,18 @@ Presets: "tiny" (tiny model, 3 frames of 16x16), "cpu" (tiny model, 5 frames of 
 paper's B9C80 on 5 frames of 64x64, forward only), "gpu" (B9C80, 9 frames of 720p, forward
 only). Outputs per call: T - 4 frames for B9C80 (T - 2 for tiny). The steady-state time per
 frame of a long video (one cell step + one GSA fusion + one reconstruction) is measured by
-``python -m vdeblur_ops.bench.cases.model_estrnn`` (:func:`time_per_frame`).
+``python -m benchmarks.cases.model_estrnn``
+(:func:`benchmarks.model_ratio.estrnn_time_per_frame`).
 """
 from __future__ import annotations
 
-import time
-
 import torch
-
-from vdeblur_ops.bench import Case, median_time, synchronize
 
 import vdeblur_models
 from vdeblur_models.blocks import RDB
+
+from .. import Case
+from ..model_ratio import estrnn_per_frame_main
 
 # preset -> list of (model preset, N, T, H, W, time forward+backward too)
 SHAPES = {
@@ -75,35 +75,5 @@ def cases(preset: str) -> list[Case]:
     return out
 
 
-def time_per_frame(preset: str = "B9C80", height: int = 720, width: int = 1280,
-                   device: str | None = None, copy_free: bool = True, short: int = 6,
-                   long: int = 12, min_time: float = 1.0) -> float:
-    """Steady-state forward seconds per frame: (time(T=long) - time(T=short)) / (long - short),
-    which cancels the ramp-up frames (the first / last ``past``/``future`` frames give no
-    output) and leaves one cell step + one fusion + one reconstruction per frame."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = set_copy_free(vdeblur_models.build("estrnn", preset).to(dev).eval(), copy_free)
-    times = {}
-    with torch.no_grad():
-        for t in (short, long):
-            frames = torch.rand(1, t, 3, height, width, device=dev)
-            times[t] = median_time(lambda: model(frames), dev, min_time, min_repeats=3)
-            synchronize(dev)
-    return (times[long] - times[short]) / (long - short)
-
-
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="ESTRNN steady-state time per frame")
-    parser.add_argument("--preset", default="B9C80")
-    parser.add_argument("--size", default="720,1280", help="H,W")
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
-    h, w = (int(s) for s in args.size.split(","))
-    for copy_free in (True, False):
-        t0 = time.perf_counter()
-        s = time_per_frame(args.preset, h, w, args.device, copy_free)
-        label = "copy-free RDB" if copy_free else "torch.cat RDB"
-        print(f"ESTRNN {args.preset} {h}x{w} {label}: {s * 1e3:.1f} ms per frame "
-              f"(measured in {time.perf_counter() - t0:.0f} s)")
+    estrnn_per_frame_main()

@@ -1,4 +1,4 @@
-"""MemDeblur end to end as ``vdeblur_ops.bench`` cases: the whole model with the fused memory
+"""MemDeblur end to end as ``benchmarks`` cases: the whole model with the fused memory
 readout against the same model (same weights) under ``backend("reference")``.
 
 Presets (eval mode: top-k readout, 5-frame banks, as at test time):
@@ -10,12 +10,12 @@ Presets (eval mode: top-k readout, 5-frame banks, as at test time):
   0.191 s per 720p frame on an RTX A5000).
 
 The case's family is "memory_readout", the only vdeblur_ops family the model calls.
-``python -m vdeblur_ops.bench.cases.model_memdeblur`` measures the CPU end-to-end ratio
-(:func:`vdeblur_ops.bench.model_ratio.measure_cpu_ratio`; ``--train`` for a training step).
+``python -m benchmarks.cases.model_memdeblur`` measures the CPU end-to-end ratio
+(:func:`benchmarks.model_ratio.measure_cpu_ratio`; ``--train`` for a training step).
 """
 from __future__ import annotations
 
-from vdeblur_ops.bench import Case
+from .. import Case
 
 from ..model_ratio import main
 from .model_common import model_cases

@@ -1,4 +1,4 @@
-"""TFN end to end as ``vdeblur_ops.bench`` cases: the whole model with the fused ops against the
+"""TFN end to end as ``benchmarks`` cases: the whole model with the fused ops against the
 same model (same weights) under ``backend("reference")``. Family "temporal_attention" (the op whose
 backends differ; the rest of the model is plain convolutions).
 
@@ -6,12 +6,12 @@ Presets: "tiny" (smoke test), "cpu" (tiny model, 5 frames of 64x64: what CI affo
 (5 frames of 720p, forward only: time per frame = median / 5; the paper reports 0.69 s per frame,
 Table 1).
 
-``python -m vdeblur_ops.bench.cases.model_tfn`` prints the CPU end-to-end ratio
-(:func:`vdeblur_ops.bench.model_ratio.measure_cpu_ratio`).
+``python -m benchmarks.cases.model_tfn`` prints the CPU end-to-end ratio
+(:func:`benchmarks.model_ratio.measure_cpu_ratio`).
 """
 from __future__ import annotations
 
-from vdeblur_ops.bench import Case
+from .. import Case
 
 from ..model_ratio import main
 from .model_common import model_cases

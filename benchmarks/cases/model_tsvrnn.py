@@ -1,13 +1,13 @@
-"""TSV-RNN end to end as ``vdeblur_ops.bench`` cases: the whole model with the fused ConvGRU gates
+"""TSV-RNN end to end as ``benchmarks`` cases: the whole model with the fused ConvGRU gates
 against the same model (same weights) under ``backend("reference")``. Family "conv_gru".
 
 Presets: "tiny" (smoke test), "cpu" (paper model, 5 frames of 64x64, forward and backward),
 "gpu" (paper model, 5 frames of 720p, forward only: time per frame = median / 5).
-``python -m vdeblur_ops.bench.cases.model_tsvrnn`` prints the CPU end-to-end ratio.
+``python -m benchmarks.cases.model_tsvrnn`` prints the CPU end-to-end ratio.
 """
 from __future__ import annotations
 
-from vdeblur_ops.bench import Case
+from .. import Case
 
 from ..model_ratio import main
 from .model_common import model_cases

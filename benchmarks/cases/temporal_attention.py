@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import temporal_attention
+from vdeblur_ops import temporal_attention
+
 from .. import Case
 
 _SHAPES = {"cpu": (1, 5, 48, 64, 64), "gpu": (1, 5, 96, 90, 160), "tiny": (1, 3, 8, 5, 7)}
