@@ -141,10 +141,10 @@ def test_no_grad_skips_saved_tensors(backend_name, device):
         outs, _, _ = _run_fwd_bwd(op, backend_name, inputs)
         for a, b in zip(plain, outs):
             torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
-    ns = ops_mod._OPS["triton" if _is_triton(backend_name) else "cpp"]
-    z, rh, r = ns.reset(*_inputs("reset", (1, 2, 3, 4), device), False)
+    ns = ops_mod.FAMILY.ops_for("triton" if _is_triton(backend_name) else "cpu")
+    z, rh, r = ns.conv_gru_reset(*_inputs("reset", (1, 2, 3, 4), device), False)
     assert r.numel() == 0 and z.shape == rh.shape == (1, 2, 3, 4)
-    h_new, ws = ns.gates(*_inputs("gates", (1, 2, 3, 4), device), True)
+    h_new, ws = ns.conv_gru_gates(*_inputs("gates", (1, 2, 3, 4), device), True)
     assert ws.shape == (1, 8, 3, 4)
 
 

@@ -59,7 +59,7 @@ def test_source_lists_cuda_kernels_of_every_cu_family():
 @pytest.mark.parametrize("family", sorted(CUDA_IMPLS))
 def test_cuda_kernels_registered(family):
     _require_cuda_build()
-    assert _extension.load(family) is None, _extension.load(family)
+    assert _extension.load_error(family) is None, _extension.load_error(family)
     missing = [op for op in CUDA_IMPLS[family] if not _has_cuda_kernel(op)]
     assert not missing, f"{family}: no CUDA kernel registered for {missing}"
     # Each op the CUDA block names is a defined op, with a CPU kernel beside it.

@@ -132,7 +132,7 @@ def test_top1_gradients(backend_name, device):
     assert_rel(gv, exp_gv, ATTN_TOL[torch.float32], "values gradient")
 
 
-@pytest.mark.skipif(not (mr_ops.TRITON_UNAVAILABLE_REASON is None and
+@pytest.mark.skipif(not (mr_ops.FAMILY.missing["triton"] is None and
                          (CUDA or vdeblur_ops.triton.TRITON_ON_CPU)),
                     reason="Triton cannot run here")
 @pytest.mark.parametrize("top_k", [None, 5])

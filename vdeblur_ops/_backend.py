@@ -1,8 +1,9 @@
 """Backend choice: which implementation runs an op.
 
-Every op family (``haar``, ``dynamic_filter``, ...) registers itself here with the torch ops it
-owns and the dtypes each backend accepts. Availability is worked out once, at import, into plain
-Python data, so that :func:`OpFamily.choose` is cheap and traceable by ``torch.compile``.
+Every op family (``haar``, ``dynamic_filter``, ...) is one :class:`OpFamily` declaration: the
+torch ops it owns, the dtypes and argument limits of each backend, its fake, autograd and autocast
+registrations. Availability is worked out once, at import, into plain Python data, so that
+:func:`OpFamily.choose` is cheap and traceable by ``torch.compile``.
 
 Preference order (DESIGN.md section 2):
 
@@ -14,12 +15,16 @@ Preference order (DESIGN.md section 2):
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
-from . import _extension
+from . import _autocast, _extension
 from .triton import TRITON_ON_CPU, TRITON_ON_CUDA, TRITON_UNAVAILABLE_REASON
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
@@ -65,35 +70,88 @@ def forced_backend() -> str | None:
 
 
 class OpFamily:
-    """The ops of one family and, per backend, why it can or cannot run them.
+    """One op family, declared once: its torch ops, what each backend accepts, and the fake,
+    autograd and autocast registrations that its C++ and Triton twins share.
+
+    Each family module (``vdeblur_ops/ops/<name>.py``) fills in one declaration; this class
+    loads the kernels, registers both twins and answers :meth:`choose`.
 
     Args:
         name: family name, as in the file names (``"haar"``).
-        ops: the torch ops ``torch.ops.vdeblur.<op>`` that the C++ extension registers.
+        ops: base names of the torch ops ``torch.ops.vdeblur.<op>`` that the C++ library
+            registers; their Triton twins ``vdeblur::<op>_triton`` are defined beside their
+            launchers in ``vdeblur_ops/triton/<name>.py`` with the same schema.
         dtypes: per backend, the dtypes its kernels accept (``"reference"`` accepts any float).
-        has_triton: whether ``vdeblur_ops/triton/<name>.py`` provides kernels.
+        fakes: per op, its fake (meta) implementation: output shapes only, shared by both twins.
+        autograd: ``autograd(ops) -> {op: (backward, setup_context)}``; ``ops`` has one attribute
+            per op (``ops.haar_dwt2d``), the C++ or the Triton twin, so that every backward runs
+            on the backend of its forward.
+        autocast: ``(policy, ops)``: the ops that get the autocast kernel (vdeblur_ops/_autocast.py).
+        limits: per backend, ``limit(**problem) -> reason or None``: the argument values that
+            backend's kernels cannot take (``problem`` is what the public function passes to
+            :meth:`choose`). Automatic choice passes over the backend and logs the reason; a
+            forced backend raises ValueError with it.
+        cuda_kernels: False for a family with no CUDA C++ kernel by design (the Triton kernels
+            run on CUDA tensors).
     """
 
-    def __init__(self, name: str, ops: Sequence[str], dtypes: dict[str, Sequence[torch.dtype]],
-                 has_triton: bool = True) -> None:
+    def __init__(self, name: str, ops: Sequence[str], dtypes: dict[str, Sequence[torch.dtype]], *,
+                 fakes: dict[str, Callable[..., Any]],
+                 autograd: Callable[[SimpleNamespace], dict[str, tuple[Callable, Callable]]],
+                 autocast: tuple[str, Sequence[str]],
+                 limits: dict[str, Callable[..., str | None]] | None = None,
+                 cuda_kernels: bool = True) -> None:
         self.name = name
-        self.ops = tuple(ops)
+        self.op_names = tuple(ops)
         self.dtypes = {k: tuple(v) for k, v in dtypes.items()}
-        load_error = _extension.load(name)
-        # Reason a backend is missing on this install, per backend (None: present).
+        self.limits = dict(limits or {})
+        # Why a backend is missing on this install, per backend (None: present).
+        load_error = _extension.load_error(name)
         self.missing: dict[str, str | None] = {"reference": None}
         self.missing["cpu"] = load_error or self._kernel_missing("CPU")
-        self.missing["cuda"] = load_error or self._kernel_missing("CUDA")
-        self.missing["triton"] = (TRITON_UNAVAILABLE_REASON if has_triton
-                                  else f"op family '{name}' has no Triton kernels")
+        self.missing["cuda"] = (load_error or self._kernel_missing("CUDA") if cuda_kernels else
+                                f"op family '{name}' has no CUDA C++ kernel; on CUDA tensors its "
+                                f"Triton kernels run")
+        self._by_design = () if cuda_kernels else ("cuda",)  # absent on purpose: not worth a log
+        self.missing["triton"] = TRITON_UNAVAILABLE_REASON or self._import_triton()
+        # Twin kind ("cpp": one torch op for the cpu and cuda backends; "triton") -> its ops.
+        self._twins: dict[str, SimpleNamespace] = {}
+        if self.missing["cpu"] is None or (cuda_kernels and self.missing["cuda"] is None):
+            self._twins["cpp"] = self._namespace("")
+        if self.missing["triton"] is None:
+            self._twins["triton"] = self._namespace("_triton")
+        policy, autocast_ops = autocast
+        for twin in self._twins.values():
+            for op, (backward, setup) in autograd(twin).items():
+                torch.library.register_autograd(getattr(twin, op).default.name(), backward,
+                                                setup_context=setup)
+            for op, fake in fakes.items():
+                torch.library.register_fake(getattr(twin, op).default.name(), fake)
+            _autocast.register([getattr(twin, op) for op in autocast_ops], policy)
         _FAMILIES[name] = self
 
     def _kernel_missing(self, key: str) -> str | None:
-        for op in self.ops:
+        for op in self.op_names:
             if not torch._C._dispatch_has_kernel_for_dispatch_key(f"vdeblur::{op}", key):
                 return (f"the extension was built without {key} kernels "
                         f"(no {key} kernel for vdeblur::{op})")
         return None
+
+    def _import_triton(self) -> str | None:
+        """Import ``vdeblur_ops/triton/<name>.py``, which defines the ``*_triton`` ops."""
+        try:
+            importlib.import_module(f"{__package__}.triton.{self.name}")
+        except ImportError as exc:  # e.g. a Triton without an API the kernels use
+            return f"the Triton kernels of '{self.name}' failed to import: {exc}"
+        return None
+
+    def _namespace(self, suffix: str) -> SimpleNamespace:
+        return SimpleNamespace(**{op: getattr(torch.ops.vdeblur, op + suffix)
+                                  for op in self.op_names})
+
+    def ops_for(self, backend_name: str) -> SimpleNamespace:
+        """The torch ops that backend ``backend_name`` (not ``"reference"``) runs: ``.haar_dwt2d``."""
+        return self._twins["triton" if backend_name == "triton" else "cpp"]
 
     def _why_not(self, backend_name: str, device: torch.device, dtype: torch.dtype) -> str | None:
         """Why ``backend_name`` cannot run this family on ``device`` / ``dtype``; None if it can."""
@@ -117,18 +175,40 @@ class OpFamily:
             return f"the '{backend_name}' backend of '{self.name}' supports {names}, got {dtype}"
         return None
 
-    def choose(self, tensor: torch.Tensor) -> str:
-        """The backend that runs this family on ``tensor``'s device and dtype."""
+    def _over_limit(self, backend_name: str, problem: dict[str, Any]) -> str | None:
+        limit = self.limits.get(backend_name)
+        return None if limit is None or not problem else limit(**problem)
+
+    def choose(self, tensor: torch.Tensor, **problem: Any) -> str:
+        """The backend that runs this family on ``tensor``'s device and dtype.
+
+        ``problem`` holds the argument values the family's ``limits`` look at (``top_k=20``).
+        A forced backend that cannot run raises (RuntimeError when it is missing or cannot take
+        this device / dtype, ValueError when the arguments exceed its kernels). Automatic choice
+        takes the first backend in preference order that can run and logs, once per reason,
+        why it passed over an installed one or fell back to the reference.
+        """
         device, dtype = tensor.device, tensor.dtype
         if _forced is not None:
             reason = self._why_not(_forced, device, dtype)
             if reason is not None:
                 raise RuntimeError(f"vdeblur_ops: {_forced_by} asks for the '{_forced}' backend, "
                                    f"which cannot run '{self.name}' here: {reason}")
+            reason = self._over_limit(_forced, problem)
+            if reason is not None:
+                raise ValueError(f"vdeblur_ops: {_forced_by} asks for the '{_forced}' backend, "
+                                 f"which cannot run '{self.name}' on these arguments: {reason}")
             return _forced
+        passed: list[str] = []
         for name in _PREFERENCE.get(device.type, ("reference",)):
-            if self._why_not(name, device, dtype) is None:
+            reason = self._why_not(name, device, dtype) or self._over_limit(name, problem)
+            if reason is None:
+                if passed:
+                    _log_fallback(f"'{self.name}' runs on the '{name}' backend: "
+                                  + "; ".join(passed))
                 return name
+            if name not in self._by_design:
+                passed.append(f"not '{name}' ({reason})")
         return "reference"
 
     def available(self, device_type: str) -> tuple[str, ...]:
@@ -141,6 +221,19 @@ class OpFamily:
     def _any_dtype(self, backend_name: str) -> torch.dtype:
         allowed = self.dtypes.get(backend_name)
         return allowed[0] if allowed else torch.float32
+
+
+_logger = logging.getLogger("vdeblur_ops")
+_logged: set[str] = set()
+
+
+def _log_fallback(message: str) -> None:
+    """Log a fallback once per message (a training loop would repeat it every step); not while
+    torch.compile traces (a logging call there would break the graph)."""
+    if message in _logged or torch.compiler.is_compiling():
+        return
+    _logged.add(message)
+    _logger.warning("vdeblur_ops: %s", message)
 
 
 _FAMILIES: dict[str, OpFamily] = {}

@@ -37,112 +37,16 @@ dtype. Registered on the torch ops too (vdeblur_ops/_autocast.py).
 """
 from __future__ import annotations
 
-import os
-from types import SimpleNamespace
-
 import torch
 
 from .. import _autocast, _checks
 from .._backend import OpFamily
+from .._shapes import empty_like_layout, pixel_major, pixel_stride  # noqa: F401  (public names)
 from ..reference import conv_gru as ref
-from ..triton import TRITON_UNAVAILABLE_REASON
 
 __all__ = ["conv_gru_reset", "conv_gru_update", "conv_gru_gates"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-FAMILY = OpFamily(
-    "conv_gru",
-    ops=("conv_gru_reset", "conv_gru_reset_backward", "conv_gru_update",
-         "conv_gru_update_backward", "conv_gru_gates", "conv_gru_gates_backward"),
-    dtypes={
-        "cpu": _KERNEL_DTYPES,
-        "cuda": _KERNEL_DTYPES,
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
-    },
-    has_triton=os.path.exists(os.path.join(os.path.dirname(__file__), "..", "triton", "conv_gru.py")),
-)
-
-_OPS: dict[str, SimpleNamespace] = {}  # backend kind ("cpp" / "triton") -> its six ops
-
-
-def _namespace(suffix: str) -> SimpleNamespace:
-    ops = torch.ops.vdeblur
-    return SimpleNamespace(**{name: getattr(ops, f"conv_gru_{name}{suffix}")
-                              for name in ("reset", "reset_backward", "update", "update_backward",
-                                           "gates", "gates_backward")})
-
-
-if FAMILY.missing["cpu"] is None or FAMILY.missing["cuda"] is None:
-    _OPS["cpp"] = _namespace("")
-
-if TRITON_UNAVAILABLE_REASON is None and FAMILY.missing["triton"] is None:
-    from ..triton import conv_gru as _tk
-
-    @torch.library.custom_op("vdeblur::conv_gru_reset_triton", mutates_args=())
-    def _reset_triton(gx_zr: torch.Tensor, gh_zr: torch.Tensor, h: torch.Tensor,
-                      save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _tk.reset(gx_zr, gh_zr, h, save)
-
-    @torch.library.custom_op("vdeblur::conv_gru_reset_backward_triton", mutates_args=())
-    def _reset_backward_triton(grad_z: torch.Tensor, grad_rh: torch.Tensor, z: torch.Tensor,
-                               r: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _tk.reset_backward(grad_z, grad_rh, z, r, h)
-
-    @torch.library.custom_op("vdeblur::conv_gru_update_triton", mutates_args=())
-    def _update_triton(z: torch.Tensor, gx_n: torch.Tensor, gh_n: torch.Tensor, h: torch.Tensor,
-                       save: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return _tk.update(z, gx_n, gh_n, h, save)
-
-    @torch.library.custom_op("vdeblur::conv_gru_update_backward_triton", mutates_args=())
-    def _update_backward_triton(grad: torch.Tensor, z: torch.Tensor, h_hat: torch.Tensor,
-                                h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _tk.update_backward(grad, z, h_hat, h)
-
-    @torch.library.custom_op("vdeblur::conv_gru_gates_triton", mutates_args=())
-    def _gates_triton(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor,
-                      save: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return _tk.gates(gx, gh, h, save)
-
-    @torch.library.custom_op("vdeblur::conv_gru_gates_backward_triton", mutates_args=())
-    def _gates_backward_triton(grad: torch.Tensor, workspace: torch.Tensor,
-                               h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _tk.gates_backward(grad, workspace, h)
-
-    _OPS["triton"] = _namespace("_triton")
-
-
-# ---- layouts (the rule of csrc/cpu/conv_gru.h, for the Triton launchers and the fake impls) ---
-
-def pixel_stride(t: torch.Tensor) -> int | None:
-    """The pixel stride of t (N, k*C, *spatial) when it lies pixel-major (channels adjacent, every
-    pixel at one stride P, samples S*P apart: channels_last or a channel slice of it), else None;
-    None too without spatial extent (S == 1, where both layouts agree)."""
-    spatial = [d for d in range(t.dim() - 1, 1, -1) if t.shape[d] > 1]
-    if not spatial or (t.shape[1] > 1 and t.stride(1) != 1):
-        return None
-    p = expected = t.stride(spatial[0])
-    for d in range(t.dim() - 1, 1, -1):
-        if t.shape[d] > 1 and t.stride(d) != expected:
-            return None
-        expected *= t.shape[d]
-    if t.shape[0] > 1 and t.stride(0) != expected:
-        return None
-    return p
-
-
-def pixel_major(h: torch.Tensor) -> bool:
-    """Whether a call with state h runs (and returns) channels_last: h is pixel-major and not
-    also contiguous (as it is when C == 1)."""
-    return pixel_stride(h) is not None and not h[0].is_contiguous()
-
-
-def empty_like_layout(h: torch.Tensor, pixel: bool, k: int = 1) -> torch.Tensor:
-    """An uninitialised (N, k*C, *spatial) tensor, dense pixel-major when ``pixel``."""
-    shape = list(h.shape)
-    shape[1] *= k
-    if not pixel:
-        return h.new_empty(shape)
-    return h.new_empty((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
 
 
 # ---- fake (meta) implementations: shapes and strides only --------------------------------------
@@ -228,7 +132,8 @@ def _plain_vjp(plain):
     return backward
 
 
-def _register(ops: SimpleNamespace) -> None:
+def _autograd(ops):
+    """Each forward's backward is the backward op of the same backend."""
     # Outputs nobody uses (the saved r / h_hat / workspace, or an unused z) get None gradients
     # instead of materialised zeros: one C-sized fill fewer per output per step.
     def reset_setup(ctx, inputs, output):
@@ -243,7 +148,7 @@ def _register(ops: SimpleNamespace) -> None:
     def reset_backward(ctx, grad_z, grad_rh, grad_r):
         z, r, h = ctx.saved_tensors
         _need_saved(r, "conv_gru_reset")
-        grad_zr, grad_h = ops.reset_backward(_zeros_if_none(grad_z, h), _zeros_if_none(grad_rh, h),
+        grad_zr, grad_h = ops.conv_gru_reset_backward(_zeros_if_none(grad_z, h), _zeros_if_none(grad_rh, h),
                                              z, r, h)
         if grad_r is not None:
             grad_zr = grad_zr + torch.cat((torch.zeros_like(r), grad_r * r * (1 - r)), dim=1)
@@ -258,7 +163,7 @@ def _register(ops: SimpleNamespace) -> None:
     def update_backward(ctx, grad, grad_h_hat):
         z, h_hat, h = ctx.saved_tensors
         _need_saved(h_hat, "conv_gru_update")
-        grad_z, grad_n, grad_h = ops.update_backward(_zeros_if_none(grad, h), z, h_hat, h)
+        grad_z, grad_n, grad_h = ops.conv_gru_update_backward(_zeros_if_none(grad, h), z, h_hat, h)
         if grad_h_hat is not None:
             grad_n = grad_n + grad_h_hat * (1 - h_hat * h_hat)
         return grad_z, grad_n, grad_n, grad_h, None
@@ -272,7 +177,7 @@ def _register(ops: SimpleNamespace) -> None:
     def gates_backward(ctx, grad, grad_workspace):
         workspace, h = ctx.saved_tensors
         _need_saved(workspace, "conv_gru_gates")
-        grad_gx, grad_gh, grad_h = ops.gates_backward(_zeros_if_none(grad, h), workspace, h)
+        grad_gx, grad_gh, grad_h = ops.conv_gru_gates_backward(_zeros_if_none(grad, h), workspace, h)
         if grad_workspace is not None:
             z, r, h_hat, gh_n = workspace.chunk(4, dim=1)
             w_z, w_r, w_hat, w_ghn = grad_workspace.chunk(4, dim=1)
@@ -283,24 +188,31 @@ def _register(ops: SimpleNamespace) -> None:
             grad_gh = grad_gh + torch.cat((a_z, a_r, a_n * r + w_ghn), dim=1)
         return grad_gx, grad_gh, grad_h, None
 
-    table = (
-        (ops.reset, _reset_fake, reset_setup, reset_backward),
-        (ops.reset_backward, _reset_backward_fake, _save_inputs, _plain_vjp(_plain_reset_backward)),
-        (ops.update, _update_fake, update_setup, update_backward),
-        (ops.update_backward, _update_backward_fake, _save_inputs,
-         _plain_vjp(_plain_update_backward)),
-        (ops.gates, _gates_fake, gates_setup, gates_backward),
-        (ops.gates_backward, _gates_backward_fake, _save_inputs, _plain_vjp(_plain_gates_backward)),
-    )
-    for op, fake, setup, backward in table:
-        name = op.default.name()  # "vdeblur::..."
-        torch.library.register_fake(name, fake)
-        torch.library.register_autograd(name, backward, setup_context=setup)
+    return {
+        "conv_gru_reset": (reset_backward, reset_setup),
+        "conv_gru_reset_backward": (_plain_vjp(_plain_reset_backward), _save_inputs),
+        "conv_gru_update": (update_backward, update_setup),
+        "conv_gru_update_backward": (_plain_vjp(_plain_update_backward), _save_inputs),
+        "conv_gru_gates": (gates_backward, gates_setup),
+        "conv_gru_gates_backward": (_plain_vjp(_plain_gates_backward), _save_inputs),
+    }
 
 
-for _ops in _OPS.values():
-    _register(_ops)
-    _autocast.register((_ops.reset, _ops.update, _ops.gates), _autocast.PROMOTE)
+FAMILY = OpFamily(
+    "conv_gru",
+    ops=("conv_gru_reset", "conv_gru_reset_backward", "conv_gru_update",
+         "conv_gru_update_backward", "conv_gru_gates", "conv_gru_gates_backward"),
+    dtypes={
+        "cpu": _KERNEL_DTYPES,
+        "cuda": _KERNEL_DTYPES,
+        "triton": (torch.float32, torch.bfloat16, torch.float16),
+    },
+    fakes={"conv_gru_reset": _reset_fake, "conv_gru_reset_backward": _reset_backward_fake,
+           "conv_gru_update": _update_fake, "conv_gru_update_backward": _update_backward_fake,
+           "conv_gru_gates": _gates_fake, "conv_gru_gates_backward": _gates_backward_fake},
+    autograd=_autograd,
+    autocast=(_autocast.PROMOTE, ("conv_gru_reset", "conv_gru_update", "conv_gru_gates")),
+)
 
 
 # ---- public API -------------------------------------------------------------------------------
@@ -324,10 +236,6 @@ def _check(h: torch.Tensor, gates: dict[str, tuple[torch.Tensor, int]]) -> None:
 
 def _wants_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _ops_for(backend: str) -> SimpleNamespace:
-    return _OPS["triton" if backend == "triton" else "cpp"]
 
 
 @_autocast.apply(_autocast.PROMOTE)
@@ -355,7 +263,7 @@ def conv_gru_reset(gx_zr: torch.Tensor, gh_zr: torch.Tensor,
     backend = FAMILY.choose(h)
     if backend == "reference":
         return ref.conv_gru_reset(gx_zr, gh_zr, h)
-    z, rh, _r = _ops_for(backend).reset(gx_zr, gh_zr, h, _wants_grad(gx_zr, gh_zr, h))
+    z, rh, _r = FAMILY.ops_for(backend).conv_gru_reset(gx_zr, gh_zr, h, _wants_grad(gx_zr, gh_zr, h))
     return z, rh
 
 
@@ -383,7 +291,7 @@ def conv_gru_update(z: torch.Tensor, gx_n: torch.Tensor, gh_n: torch.Tensor,
     backend = FAMILY.choose(h)
     if backend == "reference":
         return ref.conv_gru_update(z, gx_n, gh_n, h)
-    h_new, _h_hat = _ops_for(backend).update(z, gx_n, gh_n, h, _wants_grad(z, gx_n, gh_n, h))
+    h_new, _h_hat = FAMILY.ops_for(backend).conv_gru_update(z, gx_n, gh_n, h, _wants_grad(z, gx_n, gh_n, h))
     return h_new
 
 
@@ -410,5 +318,5 @@ def conv_gru_gates(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch
     backend = FAMILY.choose(h)
     if backend == "reference":
         return ref.conv_gru_gates(gx, gh, h)
-    h_new, _ws = _ops_for(backend).gates(gx, gh, h, _wants_grad(gx, gh, h))
+    h_new, _ws = FAMILY.ops_for(backend).conv_gru_gates(gx, gh, h, _wants_grad(gx, gh, h))
     return h_new

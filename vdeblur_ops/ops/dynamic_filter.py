@@ -27,60 +27,18 @@ from __future__ import annotations
 
 import torch
 
-from .. import _autocast, _checks
+from .. import _autocast, _checks, _shapes
 from .._backend import OpFamily
 from ..reference import dynamic_filter as ref
-from ..triton import TRITON_UNAVAILABLE_REASON
 
 __all__ = ["dynamic_filter2d"]
 
 OP_NAMES = ("dynamic_filter2d", "dynamic_filter2d_grad_input", "dynamic_filter2d_grad_weight")
 
-FAMILY = OpFamily(
-    "dynamic_filter",
-    ops=OP_NAMES,
-    dtypes={
-        "cpu": (torch.float32, torch.float64, torch.bfloat16),
-        "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
-    },
-)
-
-# backend kind ("cpp" or "triton") -> (forward, grad_input, grad_weight) ops
-_OPS: dict[str, tuple[object, object, object]] = {}
-if FAMILY.missing["cpu"] is None or FAMILY.missing["cuda"] is None:
-    _OPS["cpp"] = tuple(getattr(torch.ops.vdeblur, name) for name in OP_NAMES)
-
-if TRITON_UNAVAILABLE_REASON is None:
-    from ..triton import dynamic_filter as _triton_df
-
-    @torch.library.custom_op("vdeblur::dynamic_filter2d_triton", mutates_args=())
-    def _forward_triton(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int,
-                        padding: int, dilation: int, filter_scale: int) -> torch.Tensor:
-        return _triton_df.forward(x, weight, kernel_size, stride, padding, dilation, filter_scale)
-
-    @torch.library.custom_op("vdeblur::dynamic_filter2d_grad_input_triton", mutates_args=())
-    def _grad_input_triton(grad_out: torch.Tensor, weight: torch.Tensor, kernel_size: int,
-                           stride: int, padding: int, dilation: int, filter_scale: int,
-                           input_size: list[int]) -> torch.Tensor:
-        return _triton_df.grad_input(grad_out, weight, kernel_size, stride, padding, dilation,
-                                     filter_scale, input_size)
-
-    @torch.library.custom_op("vdeblur::dynamic_filter2d_grad_weight_triton", mutates_args=())
-    def _grad_weight_triton(grad_out: torch.Tensor, x: torch.Tensor, groups: int, kernel_size: int,
-                            stride: int, padding: int, dilation: int,
-                            filter_scale: int) -> torch.Tensor:
-        return _triton_df.grad_weight(grad_out, x, groups, kernel_size, stride, padding, dilation,
-                                      filter_scale)
-
-    _OPS["triton"] = (torch.ops.vdeblur.dynamic_filter2d_triton,
-                      torch.ops.vdeblur.dynamic_filter2d_grad_input_triton,
-                      torch.ops.vdeblur.dynamic_filter2d_grad_weight_triton)
-
 
 def _forward_fake(x, weight, kernel_size, stride, padding, dilation, filter_scale):
-    ho = ref.output_size(x.shape[2], kernel_size, stride, padding, dilation)
-    wo = ref.output_size(x.shape[3], kernel_size, stride, padding, dilation)
+    ho = _shapes.conv_output_size(x.shape[2], kernel_size, stride, padding, dilation)
+    wo = _shapes.conv_output_size(x.shape[3], kernel_size, stride, padding, dilation)
     return x.new_empty((x.shape[0], x.shape[1], ho, wo))
 
 
@@ -95,7 +53,13 @@ def _grad_weight_fake(grad_out, x, groups, kernel_size, stride, padding, dilatio
                                wo // filter_scale))
 
 
-def _register(forward_op, grad_input_op, grad_weight_op) -> None:
+def _autograd(ops):
+    """x -> out is bilinear in (x, weight), so every backward runs the three ops of the same
+    backend."""
+    forward_op = ops.dynamic_filter2d
+    grad_input_op = ops.dynamic_filter2d_grad_input
+    grad_weight_op = ops.dynamic_filter2d_grad_weight
+
     def setup(ctx, inputs, output):
         x, weight, *params = inputs
         ctx.params = params  # kernel_size, stride, padding, dilation, filter_scale
@@ -141,17 +105,23 @@ def _register(forward_op, grad_input_op, grad_weight_op) -> None:
                if ctx.needs_input_grad[1] else None)
         return (d_go, d_x) + (None,) * 6
 
-    names = [op.default.name() for op in (forward_op, grad_input_op, grad_weight_op)]
-    for name, fake in zip(names, (_forward_fake, _grad_input_fake, _grad_weight_fake)):
-        torch.library.register_fake(name, fake)
-    torch.library.register_autograd(names[0], backward, setup_context=setup)
-    torch.library.register_autograd(names[1], grad_input_backward, setup_context=grad_input_setup)
-    torch.library.register_autograd(names[2], grad_weight_backward, setup_context=grad_weight_setup)
+    return {"dynamic_filter2d": (backward, setup),
+            "dynamic_filter2d_grad_input": (grad_input_backward, grad_input_setup),
+            "dynamic_filter2d_grad_weight": (grad_weight_backward, grad_weight_setup)}
 
 
-for _ops in _OPS.values():
-    _register(*_ops)
-    _autocast.register(_ops[:1], _autocast.LOWER_PRECISION)  # the forward; see _autocast
+FAMILY = OpFamily(
+    "dynamic_filter",
+    ops=OP_NAMES,
+    dtypes={
+        "cpu": (torch.float32, torch.float64, torch.bfloat16),
+        "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+        "triton": (torch.float32, torch.bfloat16, torch.float16),
+    },
+    fakes=dict(zip(OP_NAMES, (_forward_fake, _grad_input_fake, _grad_weight_fake))),
+    autograd=_autograd,
+    autocast=(_autocast.LOWER_PRECISION, ("dynamic_filter2d",)),  # the forward; see _autocast
+)
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int,
@@ -167,7 +137,7 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, strid
     _checks.check_int(dilation, "dilation", 1)
     _checks.check_int(filter_scale, "filter_scale", 1)
     if padding is None:
-        padding = dilation * (kernel_size - 1) // 2
+        padding = _shapes.same_padding(kernel_size, dilation)
     _checks.check_int(padding, "padding", 0)
     k, kk = kernel_size, kernel_size * kernel_size
     n, c, h, w = x.shape
@@ -180,8 +150,8 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, strid
     if c % groups:
         raise ValueError(f"x's channels C={c} must be divisible by the weight's groups "
                          f"G={groups} (weight.shape[1])")
-    ho = ref.output_size(h, k, stride, padding, dilation)
-    wo = ref.output_size(w, k, stride, padding, dilation)
+    ho = _shapes.conv_output_size(h, k, stride, padding, dilation)
+    wo = _shapes.conv_output_size(w, k, stride, padding, dilation)
     if ho < 1 or wo < 1:
         raise ValueError(f"x of size {h}x{w} is too small for kernel_size={k}, "
                          f"dilation={dilation}, padding={padding}: output would be {ho}x{wo}")
@@ -237,5 +207,5 @@ def dynamic_filter2d(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, st
     if backend == "reference":
         return ref.dynamic_filter2d(x, weight, kernel_size, stride, padding, dilation,
                                     filter_scale)
-    forward_op = _OPS["triton" if backend == "triton" else "cpp"][0]
-    return forward_op(x, weight, kernel_size, stride, padding, dilation, filter_scale)
+    return FAMILY.ops_for(backend).dynamic_filter2d(x, weight, kernel_size, stride, padding,
+                                                    dilation, filter_scale)

@@ -24,61 +24,30 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _autocast, _checks
+from .. import _autocast, _checks, _shapes
 from .._backend import OpFamily
 from ..reference import haar as ref
-from ..triton import TRITON_UNAVAILABLE_REASON
 
 __all__ = ["haar_dwt2d", "haar_idwt2d"]
 
-NORMS = ("ortho", "average")
-LAYOUTS = ("channel", "band")
-MAX_LEVELS = 16
-
-FAMILY = OpFamily(
-    "haar",
-    ops=("haar_dwt2d", "haar_idwt2d"),
-    dtypes={
-        "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
-        "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
-    },
-)
-
-_OPS: dict[str, tuple[object, object]] = {}  # backend kind -> (dwt op, idwt op)
-if FAMILY.missing["cpu"] is None or FAMILY.missing["cuda"] is None:
-    _OPS["cpp"] = (torch.ops.vdeblur.haar_dwt2d, torch.ops.vdeblur.haar_idwt2d)
-
-if TRITON_UNAVAILABLE_REASON is None:
-    from ..triton import haar as _triton_haar
-
-    @torch.library.custom_op("vdeblur::haar_dwt2d_triton", mutates_args=())
-    def _dwt_triton(x: torch.Tensor, levels: int, scale: float,
-                    band_layout: bool) -> list[torch.Tensor]:
-        return _triton_haar.dwt(x, levels, scale, band_layout)
-
-    @torch.library.custom_op("vdeblur::haar_idwt2d_triton", mutates_args=())
-    def _idwt_triton(ll: torch.Tensor, highs: list[torch.Tensor], scale: float, band_layout: bool,
-                     output_size: list[int]) -> torch.Tensor:
-        return _triton_haar.idwt(ll, highs, scale, band_layout, output_size)
-
-    _OPS["triton"] = (torch.ops.vdeblur.haar_dwt2d_triton, torch.ops.vdeblur.haar_idwt2d_triton)
+# Public names of the limits (kept for callers; the values live in vdeblur_ops/_shapes.py).
+NORMS, LAYOUTS, MAX_LEVELS = _shapes.HAAR_NORMS, _shapes.HAAR_LAYOUTS, _shapes.HAAR_MAX_LEVELS
 
 
 def _dwt_fake(x, levels, scale, band_layout):
     n, c, h, w = x.shape
-    outs = []
-    for _ in range(levels):
-        h, w = (h + 1) // 2, (w + 1) // 2
-        outs.append(x.new_empty((n, 3, c, h, w) if band_layout else (n, c, 3, h, w)))
-    return [x.new_empty((n, c, h, w))] + outs
+    sizes = _shapes.haar_level_sizes(h, w, levels)
+    highs = [x.new_empty((n, 3, c, *hw) if band_layout else (n, c, 3, *hw)) for hw in sizes]
+    return [x.new_empty((n, c, *sizes[-1]))] + highs
 
 
 def _idwt_fake(ll, highs, scale, band_layout, output_size):
     return ll.new_empty((ll.shape[0], ll.shape[1], output_size[0], output_size[1]))
 
 
-def _register(dwt_op, idwt_op) -> None:
+def _autograd(ops):
+    """Each transform's backward is the other one, on the same backend: the 4x4 sign matrix is
+    symmetric, so the adjoint of a DWT with scale s is the IDWT butterfly with the same s."""
     def dwt_setup(ctx, inputs, output):
         x, _levels, scale, band_layout = inputs
         ctx.hw = [x.shape[-2], x.shape[-1]]
@@ -89,7 +58,7 @@ def _register(dwt_op, idwt_op) -> None:
         # An output nobody used comes back as None: its gradient is zero.
         grads = [torch.zeros(s, dtype=d, device=dev) if g is None else g
                  for g, (s, d, dev) in zip(grads, ctx.out_meta)]
-        gx = idwt_op(grads[0], grads[1:], ctx.scale, ctx.band_layout, ctx.hw)
+        gx = ops.haar_idwt2d(grads[0], grads[1:], ctx.scale, ctx.band_layout, ctx.hw)
         return gx, None, None, None
 
     def idwt_setup(ctx, inputs, output):
@@ -97,23 +66,24 @@ def _register(dwt_op, idwt_op) -> None:
         ctx.levels, ctx.scale, ctx.band_layout = len(highs), scale, band_layout
 
     def idwt_backward(ctx, grad):
-        g = dwt_op(grad, ctx.levels, ctx.scale, ctx.band_layout)
+        g = ops.haar_dwt2d(grad, ctx.levels, ctx.scale, ctx.band_layout)
         return g[0], list(g[1:]), None, None, None
 
-    dwt_name, idwt_name = dwt_op.default.name(), idwt_op.default.name()  # "vdeblur::..."
-    torch.library.register_fake(dwt_name, _dwt_fake)
-    torch.library.register_fake(idwt_name, _idwt_fake)
-    torch.library.register_autograd(dwt_name, dwt_backward, setup_context=dwt_setup)
-    torch.library.register_autograd(idwt_name, idwt_backward, setup_context=idwt_setup)
+    return {"haar_dwt2d": (dwt_backward, dwt_setup), "haar_idwt2d": (idwt_backward, idwt_setup)}
 
 
-for _dwt_op, _idwt_op in _OPS.values():
-    _register(_dwt_op, _idwt_op)
-    _autocast.register((_dwt_op, _idwt_op), _autocast.PROMOTE)
-
-
-def _ops_for(backend: str) -> tuple[object, object]:
-    return _OPS["triton" if backend == "triton" else "cpp"]
+FAMILY = OpFamily(
+    "haar",
+    ops=("haar_dwt2d", "haar_idwt2d"),
+    dtypes={
+        "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+        "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+        "triton": (torch.float32, torch.bfloat16, torch.float16),
+    },
+    fakes={"haar_dwt2d": _dwt_fake, "haar_idwt2d": _idwt_fake},
+    autograd=_autograd,
+    autocast=(_autocast.PROMOTE, ("haar_dwt2d", "haar_idwt2d")),
+)
 
 
 @_autocast.apply(_autocast.PROMOTE)
@@ -143,8 +113,8 @@ def haar_dwt2d(x: torch.Tensor, levels: int = 1, norm: str = "ortho",
     backend = FAMILY.choose(x)
     if backend == "reference":
         return ref.haar_dwt2d(x, levels, norm, highs_layout)
-    dwt_op, _ = _ops_for(backend)
-    outs = dwt_op(x, levels, ref.DWT_SCALE[norm], highs_layout == "band")
+    outs = FAMILY.ops_for(backend).haar_dwt2d(x, levels, _shapes.HAAR_DWT_SCALE[norm],
+                                              highs_layout == "band")
     return outs[0], list(outs[1:])
 
 
@@ -168,7 +138,7 @@ def _check_idwt_inputs(ll: torch.Tensor, highs: Sequence[torch.Tensor], highs_la
                              f"(highs_layout={highs_layout!r}), got shape {tuple(h.shape)}")
         if level > 0:
             finer = highs[level - 1].shape[-2:]
-            want = ((finer[0] + 1) // 2, (finer[1] + 1) // 2)
+            want = (_shapes.haar_half(finer[0]), _shapes.haar_half(finer[1]))
             if tuple(h.shape[-2:]) != want:
                 raise ValueError(f"{name} must be {want[0]}x{want[1]} (half of highs[{level - 1}], "
                                  f"rounded up), got {tuple(h.shape[-2:])}")
@@ -179,7 +149,7 @@ def _check_idwt_inputs(ll: torch.Tensor, highs: Sequence[torch.Tensor], highs_la
     if output_size is None:
         return [2 * h0, 2 * w0]
     if (not isinstance(output_size, (list, tuple, torch.Size)) or len(output_size) != 2
-            or (output_size[0] + 1) // 2 != h0 or (output_size[1] + 1) // 2 != w0):
+            or _shapes.haar_half(output_size[0]) != h0 or _shapes.haar_half(output_size[1]) != w0):
         raise ValueError(f"output_size must be (H, W) with H in ({2 * h0 - 1}, {2 * h0}) and W in "
                          f"({2 * w0 - 1}, {2 * w0}) to match highs[0], got {output_size!r}")
     return [int(output_size[0]), int(output_size[1])]
@@ -209,5 +179,5 @@ def haar_idwt2d(ll: torch.Tensor, highs: Sequence[torch.Tensor], norm: str = "or
     backend = FAMILY.choose(ll)
     if backend == "reference":
         return ref.haar_idwt2d(ll, list(highs), norm, highs_layout, size)
-    _, idwt_op = _ops_for(backend)
-    return idwt_op(ll, list(highs), ref.IDWT_SCALE[norm], highs_layout == "band", size)
+    return FAMILY.ops_for(backend).haar_idwt2d(ll, list(highs), _shapes.HAAR_IDWT_SCALE[norm],
+                                               highs_layout == "band", size)

@@ -34,48 +34,14 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _autocast, _checks
+from .. import _autocast, _checks, _shapes
 from .._backend import OpFamily
 from ..reference import memory_readout as ref
-from ..triton import TRITON_UNAVAILABLE_REASON
 
 __all__ = ["memory_readout"]
 
-SIMILARITIES = ref.SIMILARITIES
-MAX_TRITON_TOP_K = 64  # the Triton top-k kernel keeps its k best in registers
-
-FAMILY = OpFamily(
-    "memory_readout",
-    ops=("memory_readout", "memory_readout_backward"),
-    dtypes={
-        "cpu": (torch.float32, torch.float64),
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
-    },
-)
-
-_OPS: dict[str, tuple[object, object]] = {}  # backend kind -> (forward op, backward op)
-if FAMILY.missing["cpu"] is None or FAMILY.missing["cuda"] is None:
-    _OPS["cpp"] = (torch.ops.vdeblur.memory_readout, torch.ops.vdeblur.memory_readout_backward)
-
-if TRITON_UNAVAILABLE_REASON is None:
-    from ..triton import memory_readout as _triton_mr
-
-    @torch.library.custom_op("vdeblur::memory_readout_triton", mutates_args=())
-    def _forward_triton(query_key: torch.Tensor, memory_key: torch.Tensor,
-                        values: list[torch.Tensor], l2: bool, top_k: int,
-                        scale: float) -> list[torch.Tensor]:
-        return _triton_mr.forward(query_key, memory_key, values, l2, top_k, scale)
-
-    @torch.library.custom_op("vdeblur::memory_readout_backward_triton", mutates_args=())
-    def _backward_triton(grads: list[torch.Tensor], query_key: torch.Tensor,
-                         memory_key: torch.Tensor, values: list[torch.Tensor],
-                         outputs: list[torch.Tensor], stat: torch.Tensor, index: torch.Tensor,
-                         l2: bool, top_k: int, scale: float) -> list[torch.Tensor]:
-        return _triton_mr.backward(grads, query_key, memory_key, values, outputs, stat, index,
-                                   l2, top_k, scale)
-
-    _OPS["triton"] = (torch.ops.vdeblur.memory_readout_triton,
-                      torch.ops.vdeblur.memory_readout_backward_triton)
+# Public names of the limits (kept for callers; the values live in vdeblur_ops/_shapes.py).
+SIMILARITIES, MAX_TRITON_TOP_K = _shapes.MR_SIMILARITIES, _shapes.MR_TRITON_MAX_TOP_K
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -102,7 +68,9 @@ def _backward_fake(grads, query_key, memory_key, values, outputs, stat, index, l
             + [torch.empty_like(v, memory_format=torch.contiguous_format) for v in values])
 
 
-def _register(forward_op, backward_op) -> None:
+def _autograd(ops):
+    """The forward's backward is the backward op of the same backend, from the saved outputs and
+    softmax statistics; the backward op itself is not differentiable."""
     def setup(ctx, inputs, output):
         query_key, memory_key, values, l2, top_k, scale = inputs
         nv = len(values)
@@ -119,19 +87,33 @@ def _register(forward_op, backward_op) -> None:
         stat, index = saved[2 + 2 * nv], saved[3 + 2 * nv]
         # An output nobody used comes back as None: its gradient is zero.
         grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads[:nv], outputs)]
-        g = backward_op(grads, query_key, memory_key, values, outputs, stat, index, ctx.l2,
-                        ctx.top_k, ctx.scale)
+        g = ops.memory_readout_backward(grads, query_key, memory_key, values, outputs, stat,
+                                        index, ctx.l2, ctx.top_k, ctx.scale)
         return g[0], g[1], list(g[2:]), None, None, None
 
-    fwd_name, bwd_name = forward_op.default.name(), backward_op.default.name()
-    torch.library.register_fake(fwd_name, _forward_fake)
-    torch.library.register_fake(bwd_name, _backward_fake)
-    torch.library.register_autograd(fwd_name, backward, setup_context=setup)
+    return {"memory_readout": (backward, setup)}
 
 
-for _fwd_op, _bwd_op in _OPS.values():
-    _register(_fwd_op, _bwd_op)
-    _autocast.register((_fwd_op,), _autocast.LOWER_PRECISION)  # the forward; see _autocast
+def _triton_limit(top_k: int, memory_positions: int) -> str | None:
+    if top_k > _shapes.MR_TRITON_MAX_TOP_K:
+        return (f"top_k must be <= {_shapes.MR_TRITON_MAX_TOP_K} (or >= Nm={memory_positions}) "
+                f"on the Triton backend, got {top_k}")
+    return None
+
+
+FAMILY = OpFamily(
+    "memory_readout",
+    ops=("memory_readout", "memory_readout_backward"),
+    dtypes={
+        "cpu": (torch.float32, torch.float64),
+        "triton": (torch.float32, torch.bfloat16, torch.float16),
+    },
+    fakes={"memory_readout": _forward_fake, "memory_readout_backward": _backward_fake},
+    autograd=_autograd,
+    autocast=(_autocast.LOWER_PRECISION, ("memory_readout",)),  # the forward; see _autocast
+    limits={"triton": _triton_limit},
+    cuda_kernels=False,
+)
 
 
 def _check_inputs(query_key: torch.Tensor, memory_key: torch.Tensor, values: list[torch.Tensor],
@@ -184,7 +166,8 @@ def memory_readout(query_key: torch.Tensor, memory_key: torch.Tensor,
         similarity: ``"l2"`` (MemDeblur, STCN) or ``"dot"``.
         top_k: keep each query's k largest affinities (MemDeblur's inference uses 20). None, or
             any k >= Nm, is the full softmax. ``k`` may be any positive int on the CPU backend,
-            at most 64 (or >= Nm) on the Triton backend. Ties at the k-th value are broken
+            at most 64 (or >= Nm) on the Triton backend (on CUDA tensors a larger k runs on the
+            reference backend, with a logged warning; a forced Triton backend raises). Ties at the k-th value are broken
             arbitrarily.
         scale: factor on the similarity; default 1/sqrt(Ck).
 
@@ -204,16 +187,12 @@ def memory_readout(query_key: torch.Tensor, memory_key: torch.Tensor,
     if scale is None:
         scale = 1.0 / math.sqrt(query_key.shape[1])
     k = 0 if top_k is None or top_k >= nm else top_k  # k >= Nm keeps everything: the full softmax
-    backend = FAMILY.choose(query_key)
+    backend = FAMILY.choose(query_key, top_k=k, memory_positions=nm)
     if backend == "reference":
         outs = ref.memory_readout(query_key, memory_key, vals, similarity, k or None, scale)
     else:
-        if backend == "triton" and k > MAX_TRITON_TOP_K:
-            raise ValueError(f"top_k must be <= {MAX_TRITON_TOP_K} (or >= Nm={nm}) on the Triton "
-                             f"backend, got {top_k}")
-        forward_op, _ = _OPS["triton" if backend == "triton" else "cpp"]
-        outs = list(forward_op(query_key, memory_key, vals, similarity == "l2", k,
-                               float(scale))[:len(vals)])
+        outs = list(FAMILY.ops_for(backend).memory_readout(
+            query_key, memory_key, vals, similarity == "l2", k, float(scale))[:len(vals)])
     return outs[0] if single else outs
 
 

@@ -29,59 +29,14 @@ from __future__ import annotations
 
 import torch
 
-from .. import _autocast, _checks
+from .. import _autocast, _checks, _shapes
 from .._backend import OpFamily
 from ..reference import temporal_attention as ref
-from ..triton import TRITON_UNAVAILABLE_REASON
 
 __all__ = ["temporal_attention"]
 
-MAX_FRAMES = 16  # one 16-row tile in the Triton kernels; a T x T softmax per pixel
-MAX_CHANNELS = 1024  # TFN's bottleneck has 768 (Sec. 4.4.2); both kernels tile channels to fit
-
-FAMILY = OpFamily(
-    "temporal_attention",
-    ops=("temporal_attention", "temporal_attention_backward"),
-    dtypes={
-        "cpu": (torch.float32, torch.float64),
-        "cuda": (),
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
-    },
-)
-# The family has no CUDA C++ kernel by design (not a missing build step): say so.
-FAMILY.missing["cuda"] = ("op family 'temporal_attention' has no CUDA C++ kernel; on CUDA tensors "
-                          "its Triton kernels run")
-
-_OPS: dict[str, tuple[object, object]] = {}  # backend kind -> (forward op, backward op)
-if FAMILY.missing["cpu"] is None:
-    _OPS["cpp"] = (torch.ops.vdeblur.temporal_attention,
-                   torch.ops.vdeblur.temporal_attention_backward)
-
-if TRITON_UNAVAILABLE_REASON is None:
-    from ..triton import temporal_attention as _tri
-
-    @torch.library.custom_op("vdeblur::temporal_attention_triton", mutates_args=())
-    def _forward_triton(l: torch.Tensor, m: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
-                        w_f: torch.Tensor, b_f: torch.Tensor, w_q: torch.Tensor,
-                        b_q: torch.Tensor, w_k: torch.Tensor, b_k: torch.Tensor,
-                        w_v: torch.Tensor, b_v: torch.Tensor, scale: float, heads: int,
-                        return_attention: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _tri.forward(l, m, [w_h, b_h, w_f, b_f, w_q, b_q, w_k, b_k, w_v, b_v], scale,
-                            heads, return_attention)
-
-    @torch.library.custom_op("vdeblur::temporal_attention_backward_triton", mutates_args=())
-    def _backward_triton(grad_l_out: torch.Tensor, grad_m_out: torch.Tensor,
-                         grad_attn: torch.Tensor | None, l: torch.Tensor, m: torch.Tensor,
-                         w_h: torch.Tensor, b_h: torch.Tensor, w_f: torch.Tensor,
-                         b_f: torch.Tensor, w_q: torch.Tensor, b_q: torch.Tensor,
-                         w_k: torch.Tensor, b_k: torch.Tensor, w_v: torch.Tensor,
-                         b_v: torch.Tensor, scale: float, heads: int) -> list[torch.Tensor]:
-        return _tri.backward(grad_l_out, grad_m_out, grad_attn, l, m,
-                             [w_h, b_h, w_f, b_f, w_q, b_q, w_k, b_k, w_v, b_v], scale, heads)
-
-    _OPS["triton"] = (torch.ops.vdeblur.temporal_attention_triton,
-                      torch.ops.vdeblur.temporal_attention_backward_triton)
+# Public names of the limits (kept for callers; the values live in vdeblur_ops/_shapes.py).
+MAX_FRAMES, MAX_CHANNELS = _shapes.TA_MAX_FRAMES, _shapes.TA_MAX_CHANNELS
 
 
 def _forward_fake(l, m, w_h, b_h, w_f, b_f, w_q, b_q, w_k, b_k, w_v, b_v, scale, heads,
@@ -96,7 +51,9 @@ def _backward_fake(grad_l_out, grad_m_out, grad_attn, l, m, *rest):
     return [l.new_empty(l.shape), m.new_empty(m.shape)] + [p.new_empty(p.shape) for p in params]
 
 
-def _register(forward_op, backward_op) -> None:
+def _autograd(ops):
+    """The forward's backward is the backward op of the same backend (which recomputes the
+    forward from the saved inputs); the backward op itself is not differentiable."""
     def setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:12])
         ctx.scale, ctx.heads, ctx.return_attention = inputs[12], inputs[13], inputs[14]
@@ -111,18 +68,33 @@ def _register(forward_op, backward_op) -> None:
             grad_m_out = torch.zeros_like(l)
         if not ctx.return_attention:
             grad_attn = None
-        grads = backward_op(grad_l_out, grad_m_out, grad_attn, *saved, ctx.scale, ctx.heads)
+        grads = ops.temporal_attention_backward(grad_l_out, grad_m_out, grad_attn, *saved,
+                                                ctx.scale, ctx.heads)
         return (*grads, None, None, None)
 
-    fwd_name, bwd_name = forward_op.default.name(), backward_op.default.name()
-    torch.library.register_fake(fwd_name, _forward_fake)
-    torch.library.register_fake(bwd_name, _backward_fake)
-    torch.library.register_autograd(fwd_name, backward, setup_context=setup)
+    return {"temporal_attention": (backward, setup)}
 
 
-for _fwd_op, _bwd_op in _OPS.values():
-    _register(_fwd_op, _bwd_op)
-    _autocast.register((_fwd_op,), _autocast.LOWER_PRECISION)  # the forward; see _autocast
+def _triton_limit(frame_elements: int) -> str | None:
+    if frame_elements > _shapes.TA_TRITON_MAX_FRAME_ELEMENTS:
+        return (f"l has C * H * W = {frame_elements} elements per frame; the Triton kernels index "
+                f"a frame with 32-bit offsets (at most {_shapes.TA_TRITON_MAX_FRAME_ELEMENTS})")
+    return None
+
+
+FAMILY = OpFamily(
+    "temporal_attention",
+    ops=("temporal_attention", "temporal_attention_backward"),
+    dtypes={
+        "cpu": (torch.float32, torch.float64),
+        "triton": (torch.float32, torch.bfloat16, torch.float16),
+    },
+    fakes={"temporal_attention": _forward_fake, "temporal_attention_backward": _backward_fake},
+    autograd=_autograd,
+    autocast=(_autocast.LOWER_PRECISION, ("temporal_attention",)),  # the forward; see _autocast
+    limits={"triton": _triton_limit},
+    cuda_kernels=False,
+)
 
 
 def _check_inputs(l, m, params, scale, heads, return_attention) -> None:
@@ -144,7 +116,7 @@ def _check_inputs(l, m, params, scale, heads, return_attention) -> None:
     if c % heads:
         raise ValueError(f"heads={heads} must divide the channel count C={c}")
     tensors = {"l": l, "m": m}
-    for name, p in zip(ref.PARAM_NAMES, params):
+    for name, p in zip(_shapes.TA_PARAM_NAMES, params):
         want = (c, c) if name.startswith("w") else (c,)
         _checks.check_tensor(p, name, ndim=len(want))
         if tuple(p.shape) != want:
@@ -188,10 +160,10 @@ def temporal_attention(l: torch.Tensor, m: torch.Tensor, w_h: torch.Tensor, b_h:
     """
     params = (w_h, b_h, w_f, b_f, w_q, b_q, w_k, b_k, w_v, b_v)
     _check_inputs(l, m, params, scale, heads, return_attention)
-    backend = FAMILY.choose(l)
+    backend = FAMILY.choose(l, frame_elements=l.shape[2] * l.shape[3] * l.shape[4])
     if backend == "reference":
         return ref.temporal_attention(l, m, *params, scale=float(scale), heads=heads,
                                       return_attention=return_attention)
-    forward_op, _ = _OPS["triton" if backend == "triton" else "cpp"]
-    l_out, m_out, attn = forward_op(l, m, *params, float(scale), heads, return_attention)
+    l_out, m_out, attn = FAMILY.ops_for(backend).temporal_attention(
+        l, m, *params, float(scale), heads, return_attention)
     return (l_out, m_out, attn) if return_attention else (l_out, m_out)

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 
 
-def output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
-    """conv2d's output size along one axis."""
-    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+from .._shapes import conv_output_size as output_size
+from .._shapes import same_padding
 
 
 def upsample_filters(weight: torch.Tensor, filter_scale: int) -> torch.Tensor:
@@ -30,7 +29,7 @@ def _normalised(x: torch.Tensor, weight: torch.Tensor, k: int, stride: int, padd
                 dilation: int, filter_scale: int) -> tuple[torch.Tensor, int, int, int]:
     """(full-resolution (N, G, K*K, Ho, Wo) filters, padding, Ho, Wo) for either formulation."""
     if padding is None:
-        padding = dilation * (k - 1) // 2
+        padding = same_padding(k, dilation)
     if weight.dim() == 6:
         weight = weight.flatten(2, 3)
     ho = output_size(x.shape[2], k, stride, padding, dilation)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DWT_SCALE = {"ortho": 0.5, "average": 0.25}
-IDWT_SCALE = {"ortho": 0.5, "average": 1.0}
+from .._shapes import HAAR_DWT_SCALE as DWT_SCALE
+from .._shapes import HAAR_IDWT_SCALE as IDWT_SCALE
 
 
 def haar_dwt2d(x: torch.Tensor, levels: int = 1, norm: str = "ortho",

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-SIMILARITIES = ("l2", "dot")
+from .._shapes import MR_SIMILARITIES as SIMILARITIES  # noqa: F401  (public name)
 
 
 def affinity(query_key: torch.Tensor, memory_key: torch.Tensor, similarity: str = "l2",

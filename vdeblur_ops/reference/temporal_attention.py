@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 # Order of the parameters after (l, m) in every temporal_attention signature.
-PARAM_NAMES = ("w_h", "b_h", "w_f", "b_f", "w_q", "b_q", "w_k", "b_k", "w_v", "b_v")
+from .._shapes import TA_PARAM_NAMES as PARAM_NAMES  # noqa: F401  (public name)
 
 
 def temporal_attention(l: torch.Tensor, m: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,

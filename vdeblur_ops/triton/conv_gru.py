@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._shapes import empty_like_layout, pixel_major, pixel_stride  # the rule the fakes use
 from . import device_guard
 
 _BLOCK = 1024
@@ -184,7 +185,6 @@ def _gates_backward_kernel(g, ws, h, gx, gu, gh, CS, total, s_g, s_ws, s_h, BLOC
 
 def _layout(h: torch.Tensor) -> tuple[bool, int, int, tuple[int]]:
     """(pixel_major, rows, CS, grid) of a call, decided by h as the C++ ops do."""
-    from ..ops.conv_gru import pixel_major  # the one rule, shared with the fake impls
     n, c = h.shape[0], h.shape[1]
     spatial = h.numel() // (n * c)
     pixel = pixel_major(h)
@@ -195,7 +195,6 @@ def _layout(h: torch.Tensor) -> tuple[bool, int, int, tuple[int]]:
 def _readable(t: torch.Tensor, pixel: bool, rows: int) -> tuple[torch.Tensor, int]:
     """t in the call's layout (read in place when it already is, else copied once) and its row
     stride (0 for one row)."""
-    from ..ops.conv_gru import pixel_stride
     if pixel:
         stride = pixel_stride(t)
         if stride is None:
@@ -209,7 +208,6 @@ def _readable(t: torch.Tensor, pixel: bool, rows: int) -> tuple[torch.Tensor, in
 
 
 def _like(h: torch.Tensor, pixel: bool, k: int = 1) -> torch.Tensor:
-    from ..ops.conv_gru import empty_like_layout
     return empty_like_layout(h, pixel, k)
 
 
@@ -280,3 +278,43 @@ def gates_backward(grad, workspace, h):
     with device_guard(h):
         _gates_backward_kernel[grid](g, ws, hc, gx, gu, gh, cs, total, s1, s2, s3, BLOCK=_BLOCK)
     return gx, gu, gh
+
+
+# ---- torch ops (the Triton twins of the C++ ops; fakes and autograd in vdeblur_ops/ops/conv_gru.py)
+
+@torch.library.custom_op("vdeblur::conv_gru_reset_triton", mutates_args=())
+def conv_gru_reset_triton(gx_zr: torch.Tensor, gh_zr: torch.Tensor, h: torch.Tensor,
+                          save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return reset(gx_zr, gh_zr, h, save)
+
+
+@torch.library.custom_op("vdeblur::conv_gru_reset_backward_triton", mutates_args=())
+def conv_gru_reset_backward_triton(grad_z: torch.Tensor, grad_rh: torch.Tensor, z: torch.Tensor,
+                                   r: torch.Tensor,
+                                   h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return reset_backward(grad_z, grad_rh, z, r, h)
+
+
+@torch.library.custom_op("vdeblur::conv_gru_update_triton", mutates_args=())
+def conv_gru_update_triton(z: torch.Tensor, gx_n: torch.Tensor, gh_n: torch.Tensor,
+                           h: torch.Tensor, save: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return update(z, gx_n, gh_n, h, save)
+
+
+@torch.library.custom_op("vdeblur::conv_gru_update_backward_triton", mutates_args=())
+def conv_gru_update_backward_triton(grad: torch.Tensor, z: torch.Tensor, h_hat: torch.Tensor,
+                                    h: torch.Tensor
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return update_backward(grad, z, h_hat, h)
+
+
+@torch.library.custom_op("vdeblur::conv_gru_gates_triton", mutates_args=())
+def conv_gru_gates_triton(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor,
+                          save: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return gates(gx, gh, h, save)
+
+
+@torch.library.custom_op("vdeblur::conv_gru_gates_backward_triton", mutates_args=())
+def conv_gru_gates_backward_triton(grad: torch.Tensor, workspace: torch.Tensor, h: torch.Tensor
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return gates_backward(grad, workspace, h)

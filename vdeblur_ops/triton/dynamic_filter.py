@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._shapes import conv_output_size
 from . import device_guard
 
 BLOCK = 256
@@ -206,18 +207,14 @@ def _grad_weight_cols_kernel(v_ptr, gw_ptr, Wo, hl, wl, f, inv, BLOCK: tl.conste
     tl.store(gw_ptr + pid * hl * wl + offs, acc.to(gw_ptr.dtype.element_ty), mask=valid)
 
 
-def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
-    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-
-
 def forward(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int, padding: int,
             dilation: int, filter_scale: int) -> torch.Tensor:
     """x (N, C, H, W), weight (N, G, K*K, Ho/f, Wo/f) any strides -> (N, C, Ho, Wo)."""
     x = x.contiguous()
     n, c, h, w = x.shape
     g, hl, wl = weight.shape[1], weight.shape[3], weight.shape[4]
-    ho = _out_size(h, kernel_size, stride, padding, dilation)
-    wo = _out_size(w, kernel_size, stride, padding, dilation)
+    ho = conv_output_size(h, kernel_size, stride, padding, dilation)
+    wo = conv_output_size(w, kernel_size, stride, padding, dilation)
     out = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype)
     with device_guard(x):
         _forward_kernel[launch_grid(n * c, ho * wo)](
@@ -267,3 +264,27 @@ def grad_weight(grad_out: torch.Tensor, x: torch.Tensor, groups: int, kernel_siz
         _grad_weight_cols_kernel[launch_grid(planes, hl * wl)](
             rows, gw, wo, hl, wl, f, 1.0 / f, BLOCK=BLOCK)
     return gw
+
+
+# ---- torch ops (the Triton twins of the C++ ops; fakes and autograd in
+# vdeblur_ops/ops/dynamic_filter.py)
+
+@torch.library.custom_op("vdeblur::dynamic_filter2d_triton", mutates_args=())
+def dynamic_filter2d_triton(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int,
+                            padding: int, dilation: int, filter_scale: int) -> torch.Tensor:
+    return forward(x, weight, kernel_size, stride, padding, dilation, filter_scale)
+
+
+@torch.library.custom_op("vdeblur::dynamic_filter2d_grad_input_triton", mutates_args=())
+def dynamic_filter2d_grad_input_triton(grad_out: torch.Tensor, weight: torch.Tensor,
+                                       kernel_size: int, stride: int, padding: int, dilation: int,
+                                       filter_scale: int, input_size: list[int]) -> torch.Tensor:
+    return grad_input(grad_out, weight, kernel_size, stride, padding, dilation, filter_scale,
+                      input_size)
+
+
+@torch.library.custom_op("vdeblur::dynamic_filter2d_grad_weight_triton", mutates_args=())
+def dynamic_filter2d_grad_weight_triton(grad_out: torch.Tensor, x: torch.Tensor, groups: int,
+                                        kernel_size: int, stride: int, padding: int,
+                                        dilation: int, filter_scale: int) -> torch.Tensor:
+    return grad_weight(grad_out, x, groups, kernel_size, stride, padding, dilation, filter_scale)

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._shapes import haar_level_sizes
 from . import device_guard
 
 _BLOCK_W = 256  # coefficients per program along a row
@@ -91,8 +92,7 @@ def dwt(x: torch.Tensor, levels: int, scale: float, band_layout: bool) -> list[t
     x = x.contiguous()
     n, c, src_h, src_w = x.shape
     src, highs = x, []
-    for level in range(levels):
-        h, w = (src_h + 1) // 2, (src_w + 1) // 2
+    for level, (h, w) in enumerate(haar_level_sizes(src_h, src_w, levels)):
         shape = (n, 3, c, h, w) if band_layout else (n, c, 3, h, w)
         highs.append(torch.empty(shape, dtype=x.dtype, device=x.device))
         ll_dtype = x.dtype if level == levels - 1 else torch.float32
@@ -123,3 +123,17 @@ def idwt(ll: torch.Tensor, highs: list[torch.Tensor], scale: float, band_layout:
                 x, hi, out, c, h, w, ho, wo, scale, BAND_LAYOUT=band_layout, BLOCK_W=block)
         x = out
     return x
+
+
+# ---- torch ops (the Triton twins of the C++ ops; fakes and autograd in vdeblur_ops/ops/haar.py)
+
+@torch.library.custom_op("vdeblur::haar_dwt2d_triton", mutates_args=())
+def haar_dwt2d_triton(x: torch.Tensor, levels: int, scale: float,
+                      band_layout: bool) -> list[torch.Tensor]:
+    return dwt(x, levels, scale, band_layout)
+
+
+@torch.library.custom_op("vdeblur::haar_idwt2d_triton", mutates_args=())
+def haar_idwt2d_triton(ll: torch.Tensor, highs: list[torch.Tensor], scale: float,
+                       band_layout: bool, output_size: list[int]) -> torch.Tensor:
+    return idwt(ll, highs, scale, band_layout, output_size)

@@ -579,3 +579,22 @@ def _topk_backward(q, k, vals, grads, weight, index, gq, gk, gvs, l2, ds, ns, bq
         row_sum = torch.zeros((n, nm), device=q.device, dtype=torch.float32)
         row_sum.scatter_add_(1, index.flatten(1), dsc.flatten(1))
         gk.sub_(2.0 * ns * k.float() * row_sum[:, None, :])
+
+
+# ---- torch ops (the Triton twins of the C++ ops; fakes and autograd in
+# vdeblur_ops/ops/memory_readout.py)
+
+@torch.library.custom_op("vdeblur::memory_readout_triton", mutates_args=())
+def memory_readout_triton(query_key: torch.Tensor, memory_key: torch.Tensor,
+                          values: list[torch.Tensor], l2: bool, top_k: int,
+                          scale: float) -> list[torch.Tensor]:
+    return forward(query_key, memory_key, values, l2, top_k, scale)
+
+
+@torch.library.custom_op("vdeblur::memory_readout_backward_triton", mutates_args=())
+def memory_readout_backward_triton(grads: list[torch.Tensor], query_key: torch.Tensor,
+                                   memory_key: torch.Tensor, values: list[torch.Tensor],
+                                   outputs: list[torch.Tensor], stat: torch.Tensor,
+                                   index: torch.Tensor, l2: bool, top_k: int,
+                                   scale: float) -> list[torch.Tensor]:
+    return backward(grads, query_key, memory_key, values, outputs, stat, index, l2, top_k, scale)

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._shapes import TA_TRITON_MAX_FRAME_ELEMENTS
 from . import device_guard
 
 NUM_LINEAR = 5  # W_h, W_f, W_q, W_k, W_v
@@ -323,7 +324,7 @@ class _Launcher:
 
     def __init__(self, l: torch.Tensor) -> None:
         n, t, c, h, w = l.shape
-        if c * h * w >= 2 ** 31:
+        if c * h * w > TA_TRITON_MAX_FRAME_ELEMENTS:  # public calls fall back before this
             raise ValueError(f"l has C * H * W = {c * h * w} elements per frame; the Triton "
                              "temporal_attention indexes a frame with 32-bit offsets (< 2**31)")
         self.n, self.t, self.c, self.hw = n, t, c, h * w
@@ -443,3 +444,28 @@ def backward(grad_l_out: torch.Tensor, grad_m_out: torch.Tensor, grad_attn: torc
     for i in range(NUM_LINEAR):
         grads += [g.to(l.dtype) for g in grads_w[i]]
     return grads
+
+
+# ---- torch ops (the Triton twins of the C++ ops; fakes and autograd in
+# vdeblur_ops/ops/temporal_attention.py)
+
+@torch.library.custom_op("vdeblur::temporal_attention_triton", mutates_args=())
+def temporal_attention_triton(l: torch.Tensor, m: torch.Tensor, w_h: torch.Tensor,
+                              b_h: torch.Tensor, w_f: torch.Tensor, b_f: torch.Tensor,
+                              w_q: torch.Tensor, b_q: torch.Tensor, w_k: torch.Tensor,
+                              b_k: torch.Tensor, w_v: torch.Tensor, b_v: torch.Tensor,
+                              scale: float, heads: int, return_attention: bool
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return forward(l, m, [w_h, b_h, w_f, b_f, w_q, b_q, w_k, b_k, w_v, b_v], scale, heads,
+                   return_attention)
+
+
+@torch.library.custom_op("vdeblur::temporal_attention_backward_triton", mutates_args=())
+def temporal_attention_backward_triton(
+        grad_l_out: torch.Tensor, grad_m_out: torch.Tensor, grad_attn: torch.Tensor | None,
+        l: torch.Tensor, m: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
+        w_f: torch.Tensor, b_f: torch.Tensor, w_q: torch.Tensor, b_q: torch.Tensor,
+        w_k: torch.Tensor, b_k: torch.Tensor, w_v: torch.Tensor, b_v: torch.Tensor,
+        scale: float, heads: int) -> list[torch.Tensor]:
+    return backward(grad_l_out, grad_m_out, grad_attn, l, m,
+                    [w_h, b_h, w_f, b_f, w_q, b_q, w_k, b_k, w_v, b_v], scale, heads)
