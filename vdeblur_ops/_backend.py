@@ -29,6 +29,7 @@ from .triton import TRITON_ON_CPU, TRITON_ON_CUDA, TRITON_UNAVAILABLE_REASON
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 _ENV_VAR = "VDEBLUR_BACKEND"
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what tl.dot / tl.load take
 _PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
 
@@ -78,11 +79,12 @@ class OpFamily:
 
     Args:
         name: family name, as in the file names (``"haar"``).
-        ops: base names of the torch ops ``torch.ops.vdeblur.<op>`` that the C++ library
-            registers; their Triton twins ``vdeblur::<op>_triton`` are defined beside their
-            launchers in ``vdeblur_ops/triton/<name>.py`` with the same schema.
-        dtypes: per backend, the dtypes its kernels accept (``"reference"`` accepts any float).
-        fakes: per op, its fake (meta) implementation: output shapes only, shared by both twins.
+        dtypes: per backend, the dtypes its kernels accept (``"reference"`` accepts any float;
+            ``"triton"`` defaults to :data:`TRITON_DTYPES`).
+        fakes: per op, its fake (meta) implementation (output shapes only, shared by both
+            twins); the keys name the family's ops: ``torch.ops.vdeblur.<op>``, registered by the
+            C++ library, and its Triton twin ``vdeblur::<op>_triton``, defined with the same
+            schema beside its launcher in ``vdeblur_ops/triton/<name>.py``.
         autograd: ``autograd(ops) -> {op: (backward, setup_context)}``; ``ops`` has one attribute
             per op (``ops.haar_dwt2d``), the C++ or the Triton twin, so that every backward runs
             on the backend of its forward.
@@ -95,15 +97,15 @@ class OpFamily:
             run on CUDA tensors).
     """
 
-    def __init__(self, name: str, ops: Sequence[str], dtypes: dict[str, Sequence[torch.dtype]], *,
+    def __init__(self, name: str, *, dtypes: dict[str, Sequence[torch.dtype]],
                  fakes: dict[str, Callable[..., Any]],
                  autograd: Callable[[SimpleNamespace], dict[str, tuple[Callable, Callable]]],
                  autocast: tuple[str, Sequence[str]],
                  limits: dict[str, Callable[..., str | None]] | None = None,
                  cuda_kernels: bool = True) -> None:
         self.name = name
-        self.op_names = tuple(ops)
-        self.dtypes = {k: tuple(v) for k, v in dtypes.items()}
+        self.op_names = tuple(fakes)
+        self.dtypes = {"triton": TRITON_DTYPES, **{k: tuple(v) for k, v in dtypes.items()}}
         self.limits = dict(limits or {})
         # Why a backend is missing on this install, per backend (None: present).
         load_error = _extension.load_error(name)

@@ -200,12 +200,9 @@ def _autograd(ops):
 
 FAMILY = OpFamily(
     "conv_gru",
-    ops=("conv_gru_reset", "conv_gru_reset_backward", "conv_gru_update",
-         "conv_gru_update_backward", "conv_gru_gates", "conv_gru_gates_backward"),
     dtypes={
         "cpu": _KERNEL_DTYPES,
         "cuda": _KERNEL_DTYPES,
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
     },
     fakes={"conv_gru_reset": _reset_fake, "conv_gru_reset_backward": _reset_backward_fake,
            "conv_gru_update": _update_fake, "conv_gru_update_backward": _update_backward_fake,

@@ -112,11 +112,9 @@ def _autograd(ops):
 
 FAMILY = OpFamily(
     "dynamic_filter",
-    ops=OP_NAMES,
     dtypes={
         "cpu": (torch.float32, torch.float64, torch.bfloat16),
         "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
     },
     fakes=dict(zip(OP_NAMES, (_forward_fake, _grad_input_fake, _grad_weight_fake))),
     autograd=_autograd,

@@ -74,11 +74,9 @@ def _autograd(ops):
 
 FAMILY = OpFamily(
     "haar",
-    ops=("haar_dwt2d", "haar_idwt2d"),
     dtypes={
         "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
         "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
     },
     fakes={"haar_dwt2d": _dwt_fake, "haar_idwt2d": _idwt_fake},
     autograd=_autograd,

@@ -103,11 +103,7 @@ def _triton_limit(top_k: int, memory_positions: int) -> str | None:
 
 FAMILY = OpFamily(
     "memory_readout",
-    ops=("memory_readout", "memory_readout_backward"),
-    dtypes={
-        "cpu": (torch.float32, torch.float64),
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
-    },
+    dtypes={"cpu": (torch.float32, torch.float64)},
     fakes={"memory_readout": _forward_fake, "memory_readout_backward": _backward_fake},
     autograd=_autograd,
     autocast=(_autocast.LOWER_PRECISION, ("memory_readout",)),  # the forward; see _autocast

@@ -84,11 +84,7 @@ def _triton_limit(frame_elements: int) -> str | None:
 
 FAMILY = OpFamily(
     "temporal_attention",
-    ops=("temporal_attention", "temporal_attention_backward"),
-    dtypes={
-        "cpu": (torch.float32, torch.float64),
-        "triton": (torch.float32, torch.bfloat16, torch.float16),
-    },
+    dtypes={"cpu": (torch.float32, torch.float64)},
     fakes={"temporal_attention": _forward_fake, "temporal_attention_backward": _backward_fake},
     autograd=_autograd,
     autocast=(_autocast.LOWER_PRECISION, ("temporal_attention",)),  # the forward; see _autocast
