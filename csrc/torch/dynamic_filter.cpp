@@ -109,75 +109,100 @@ Geometry grad_weight_geometry(const at::Tensor& grad_out, const at::Tensor& x, i
   return g;
 }
 
-at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, int64_t K, int64_t stride, int64_t pad,
-                       int64_t dil, int64_t scale) {
+// ---- shared by both devices: checks, contiguous inputs and the output; `Run` launches the kernel --
+// The output comes from cpu::empty_output: the buffer cache on CPU, at::empty on CUDA. weight is
+// passed as it is (the kernels read it through its strides).
+
+template <typename Run>
+at::Tensor forward_impl(const at::Tensor& x_in, const at::Tensor& weight, int64_t K, int64_t stride, int64_t pad,
+                        int64_t dil, int64_t scale, Run run) {
   const Geometry g = forward_geometry(x_in, weight, K, stride, pad, dil, scale);
   const auto x = x_in.contiguous();
   auto out = cpu::empty_output({g.N, g.C, g.Ho, g.Wo}, x.options());
-  cpu::dynamic_filter2d_forward(x, weight, out, g);
+  run(x, weight, out, g);
   return out;
 }
 
-at::Tensor grad_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& weight, int64_t K, int64_t stride,
-                          int64_t pad, int64_t dil, int64_t scale, at::IntArrayRef input_size) {
+template <typename Run>
+at::Tensor grad_input_impl(const at::Tensor& grad_out_in, const at::Tensor& weight, int64_t K, int64_t stride,
+                           int64_t pad, int64_t dil, int64_t scale, at::IntArrayRef input_size, Run run) {
   const Geometry g = grad_input_geometry(grad_out_in, weight, K, stride, pad, dil, scale, input_size);
   const auto grad_out = grad_out_in.contiguous();
   auto grad_x = cpu::empty_output({g.N, g.C, g.H, g.W}, grad_out.options());
-  cpu::dynamic_filter2d_grad_input(grad_out, weight, grad_x, g);
+  run(grad_out, weight, grad_x, g);
   return grad_x;
 }
 
-at::Tensor grad_weight_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in, int64_t groups, int64_t K,
-                           int64_t stride, int64_t pad, int64_t dil, int64_t scale) {
+template <typename Run>
+at::Tensor grad_weight_impl(const at::Tensor& grad_out_in, const at::Tensor& x_in, int64_t groups, int64_t K,
+                            int64_t stride, int64_t pad, int64_t dil, int64_t scale, Run run) {
   const Geometry g = grad_weight_geometry(grad_out_in, x_in, groups, K, stride, pad, dil, scale);
   const auto grad_out = grad_out_in.contiguous();
   const auto x = x_in.contiguous();
   auto grad_weight = cpu::empty_output({g.N, g.G, g.K * g.K, g.hl, g.wl}, grad_out.options());
-  cpu::dynamic_filter2d_grad_weight(grad_out, x, grad_weight, g);
+  run(grad_out, x, grad_weight, g);
   return grad_weight;
 }
+
+// ---- CPU ---------------------------------------------------------------------------------------
+
+at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t K, int64_t stride, int64_t pad,
+                       int64_t dil, int64_t scale) {
+  return forward_impl(x, weight, K, stride, pad, dil, scale, cpu::dynamic_filter2d_forward);
+}
+
+at::Tensor grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& weight, int64_t K, int64_t stride,
+                          int64_t pad, int64_t dil, int64_t scale, at::IntArrayRef input_size) {
+  return grad_input_impl(grad_out, weight, K, stride, pad, dil, scale, input_size,
+                         cpu::dynamic_filter2d_grad_input);
+}
+
+at::Tensor grad_weight_cpu(const at::Tensor& grad_out, const at::Tensor& x, int64_t groups, int64_t K,
+                           int64_t stride, int64_t pad, int64_t dil, int64_t scale) {
+  return grad_weight_impl(grad_out, x, groups, K, stride, pad, dil, scale, cpu::dynamic_filter2d_grad_weight);
+}
+
+// ---- CUDA --------------------------------------------------------------------------------------
 
 #ifdef VDEBLUR_WITH_CUDA
 cuda::WeightView weight_view(const at::Tensor& w) {
   return cuda::WeightView{w.data_ptr(), {w.stride(0), w.stride(1), w.stride(2), w.stride(3), w.stride(4)}};
 }
 
-at::Tensor forward_cuda(const at::Tensor& x_in, const at::Tensor& weight, int64_t K, int64_t stride, int64_t pad,
+at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight, int64_t K, int64_t stride, int64_t pad,
                         int64_t dil, int64_t scale) {
-  const Geometry g = forward_geometry(x_in, weight, K, stride, pad, dil, scale);
-  const auto x = x_in.contiguous();
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto out = at::empty({g.N, g.C, g.Ho, g.Wo}, x.options());
-  C10_CUDA_CHECK(cuda::dynamic_filter2d_forward(to_dtype(x.scalar_type()), x.data_ptr(), weight_view(weight),
-                                                out.data_ptr(), g, c10::cuda::getCurrentCUDAStream()));
-  return out;
+  return forward_impl(x, weight, K, stride, pad, dil, scale,
+                      [](const at::Tensor& xx, const at::Tensor& w, const at::Tensor& out, const Geometry& g) {
+                        const c10::cuda::CUDAGuard guard(xx.device());
+                        C10_CUDA_CHECK(cuda::dynamic_filter2d_forward(to_dtype(xx.scalar_type()), xx.data_ptr(),
+                                                                      weight_view(w), out.data_ptr(), g,
+                                                                      c10::cuda::getCurrentCUDAStream()));
+                      });
 }
 
-at::Tensor grad_input_cuda(const at::Tensor& grad_out_in, const at::Tensor& weight, int64_t K, int64_t stride,
+at::Tensor grad_input_cuda(const at::Tensor& grad_out, const at::Tensor& weight, int64_t K, int64_t stride,
                            int64_t pad, int64_t dil, int64_t scale, at::IntArrayRef input_size) {
-  const Geometry g = grad_input_geometry(grad_out_in, weight, K, stride, pad, dil, scale, input_size);
-  const auto grad_out = grad_out_in.contiguous();
-  const c10::cuda::CUDAGuard guard(grad_out.device());
-  auto grad_x = at::empty({g.N, g.C, g.H, g.W}, grad_out.options());
-  C10_CUDA_CHECK(cuda::dynamic_filter2d_grad_input(to_dtype(grad_out.scalar_type()), grad_out.data_ptr(),
-                                                   weight_view(weight), grad_x.data_ptr(), g,
-                                                   c10::cuda::getCurrentCUDAStream()));
-  return grad_x;
+  return grad_input_impl(grad_out, weight, K, stride, pad, dil, scale, input_size,
+                         [](const at::Tensor& go, const at::Tensor& w, const at::Tensor& grad_x, const Geometry& g) {
+                           const c10::cuda::CUDAGuard guard(go.device());
+                           C10_CUDA_CHECK(cuda::dynamic_filter2d_grad_input(
+                               to_dtype(go.scalar_type()), go.data_ptr(), weight_view(w), grad_x.data_ptr(), g,
+                               c10::cuda::getCurrentCUDAStream()));
+                         });
 }
 
-at::Tensor grad_weight_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_in, int64_t groups, int64_t K,
+at::Tensor grad_weight_cuda(const at::Tensor& grad_out, const at::Tensor& x, int64_t groups, int64_t K,
                             int64_t stride, int64_t pad, int64_t dil, int64_t scale) {
-  const Geometry g = grad_weight_geometry(grad_out_in, x_in, groups, K, stride, pad, dil, scale);
-  const auto grad_out = grad_out_in.contiguous();
-  const auto x = x_in.contiguous();
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto grad_weight = at::empty({g.N, g.G, g.K * g.K, g.hl, g.wl}, grad_out.options());
-  const DType dtype = to_dtype(x.scalar_type());
-  auto workspace = at::empty({static_cast<int64_t>(cuda::dynamic_filter2d_grad_weight_workspace_bytes(g, dtype))},
-                             x.options().dtype(at::kByte));
-  C10_CUDA_CHECK(cuda::dynamic_filter2d_grad_weight(dtype, grad_out.data_ptr(), x.data_ptr(), grad_weight.data_ptr(),
-                                                    workspace.data_ptr(), g, c10::cuda::getCurrentCUDAStream()));
-  return grad_weight;
+  return grad_weight_impl(
+      grad_out, x, groups, K, stride, pad, dil, scale,
+      [](const at::Tensor& go, const at::Tensor& xx, const at::Tensor& grad_weight, const Geometry& g) {
+        const c10::cuda::CUDAGuard guard(xx.device());
+        const DType dtype = to_dtype(xx.scalar_type());
+        auto workspace = at::empty({static_cast<int64_t>(cuda::dynamic_filter2d_grad_weight_workspace_bytes(g, dtype))},
+                                   xx.options().dtype(at::kByte));
+        C10_CUDA_CHECK(cuda::dynamic_filter2d_grad_weight(dtype, go.data_ptr(), xx.data_ptr(), grad_weight.data_ptr(),
+                                                          workspace.data_ptr(), g, c10::cuda::getCurrentCUDAStream()));
+      });
 }
 #endif
 

@@ -80,24 +80,43 @@ std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
   return out;
 }
 
-std::vector<at::Tensor> haar_dwt2d_cpu(const at::Tensor& x_in, int64_t levels, double scale, bool band_layout) {
+// ---- shared by both devices: checks, contiguous inputs and outputs; `Run` launches the kernel ----
+// Outputs come from cpu::empty_output: the buffer cache on CPU, at::empty on CUDA.
+
+template <typename Run>
+std::vector<at::Tensor> dwt_impl(const at::Tensor& x_in, int64_t levels, double scale, bool band_layout, Run run) {
   auto outs = dwt_outputs(x_in, levels, band_layout);
   const auto x = x_in.contiguous();
-  cpu::haar_dwt2d(x, outs[0], std::vector<at::Tensor>(outs.begin() + 1, outs.end()), scale, band_layout);
+  run(x, outs[0], std::vector<at::Tensor>(outs.begin() + 1, outs.end()), scale, band_layout);
   return outs;
 }
 
-at::Tensor haar_idwt2d_cpu(const at::Tensor& ll_in, at::TensorList highs_in, double scale, bool band_layout,
-                           at::IntArrayRef output_size) {
+template <typename Run>
+at::Tensor idwt_impl(const at::Tensor& ll_in, at::TensorList highs_in, double scale, bool band_layout,
+                     at::IntArrayRef output_size, Run run) {
   check_idwt(ll_in, highs_in, band_layout, output_size);
   const auto ll = ll_in.contiguous();
   const auto highs = contiguous_all(highs_in);
   auto out = cpu::empty_output({ll.size(0), ll.size(1), output_size[0], output_size[1]}, ll.options());
-  cpu::haar_idwt2d(ll, highs, out, scale, band_layout);
+  run(ll, highs, out, scale, band_layout);
   return out;
 }
 
+// ---- CPU ---------------------------------------------------------------------------------------
+
+std::vector<at::Tensor> haar_dwt2d_cpu(const at::Tensor& x, int64_t levels, double scale, bool band_layout) {
+  return dwt_impl(x, levels, scale, band_layout, cpu::haar_dwt2d);
+}
+
+at::Tensor haar_idwt2d_cpu(const at::Tensor& ll, at::TensorList highs, double scale, bool band_layout,
+                           at::IntArrayRef output_size) {
+  return idwt_impl(ll, highs, scale, band_layout, output_size, cpu::haar_idwt2d);
+}
+
+// ---- CUDA --------------------------------------------------------------------------------------
+
 #ifdef VDEBLUR_WITH_CUDA
+// The launchers take the level sizes from here; H x W is the finest level's input (x, or out).
 cuda::HaarGeometry geometry(int64_t N, int64_t C, int64_t H, int64_t W, int64_t levels, bool band_layout) {
   cuda::HaarGeometry g{};
   g.N = N;
@@ -115,36 +134,46 @@ cuda::HaarGeometry geometry(int64_t N, int64_t C, int64_t H, int64_t W, int64_t 
   return g;
 }
 
-std::vector<at::Tensor> haar_dwt2d_cuda(const at::Tensor& x_in, int64_t levels, double scale, bool band_layout) {
-  auto outs = dwt_outputs(x_in, levels, band_layout);
-  const auto x = x_in.contiguous();
-  const c10::cuda::CUDAGuard guard(x.device());
-  const auto g = geometry(x.size(0), x.size(1), x.size(2), x.size(3), levels, band_layout);
-  const DType dtype = to_dtype(x.scalar_type());
-  auto workspace = at::empty({static_cast<int64_t>(cuda::haar_workspace_bytes(g, dtype))}, x.options().dtype(at::kByte));
-  std::vector<void*> highs;
-  for (size_t l = 1; l < outs.size(); ++l) highs.push_back(outs[l].data_ptr());
-  C10_CUDA_CHECK(cuda::haar_dwt2d(dtype, x.data_ptr(), outs[0].data_ptr(), highs.data(), g, scale,
-                                  workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
-  return outs;
+// What both launches need: the tensors' device and its current stream, the geometry of a
+// transform whose finest level is H x W, the dtype and the scratch the launchers ask for.
+struct Launch {
+  c10::cuda::CUDAGuard guard;
+  cuda::HaarGeometry g;
+  DType dtype;
+  at::Tensor workspace;
+  cudaStream_t stream;
+  Launch(const at::Tensor& t, int64_t H, int64_t W, size_t levels, bool band_layout)
+      : guard(t.device()),
+        g(geometry(t.size(0), t.size(1), H, W, static_cast<int64_t>(levels), band_layout)),
+        dtype(to_dtype(t.scalar_type())),
+        workspace(at::empty({static_cast<int64_t>(cuda::haar_workspace_bytes(g, dtype))},
+                            t.options().dtype(at::kByte))),
+        stream(c10::cuda::getCurrentCUDAStream()) {}
+};
+
+std::vector<at::Tensor> haar_dwt2d_cuda(const at::Tensor& x, int64_t levels, double scale, bool band_layout) {
+  return dwt_impl(x, levels, scale, band_layout,
+                  [](const at::Tensor& xx, const at::Tensor& ll, const std::vector<at::Tensor>& highs, double s,
+                     bool band) {
+                    const Launch launch(xx, xx.size(2), xx.size(3), highs.size(), band);
+                    std::vector<void*> hi;
+                    for (const auto& t : highs) hi.push_back(t.data_ptr());
+                    C10_CUDA_CHECK(cuda::haar_dwt2d(launch.dtype, xx.data_ptr(), ll.data_ptr(), hi.data(), launch.g,
+                                                    s, launch.workspace.data_ptr(), launch.stream));
+                  });
 }
 
-at::Tensor haar_idwt2d_cuda(const at::Tensor& ll_in, at::TensorList highs_in, double scale, bool band_layout,
+at::Tensor haar_idwt2d_cuda(const at::Tensor& ll, at::TensorList highs, double scale, bool band_layout,
                             at::IntArrayRef output_size) {
-  check_idwt(ll_in, highs_in, band_layout, output_size);
-  const auto ll = ll_in.contiguous();
-  const auto highs = contiguous_all(highs_in);
-  const c10::cuda::CUDAGuard guard(ll.device());
-  auto out = at::empty({ll.size(0), ll.size(1), output_size[0], output_size[1]}, ll.options());
-  const auto g = geometry(ll.size(0), ll.size(1), output_size[0], output_size[1],
-                          static_cast<int64_t>(highs.size()), band_layout);
-  const DType dtype = to_dtype(ll.scalar_type());
-  auto workspace = at::empty({static_cast<int64_t>(cuda::haar_workspace_bytes(g, dtype))}, ll.options().dtype(at::kByte));
-  std::vector<const void*> hi;
-  for (const auto& t : highs) hi.push_back(t.data_ptr());
-  C10_CUDA_CHECK(cuda::haar_idwt2d(dtype, ll.data_ptr(), const_cast<void* const*>(hi.data()), out.data_ptr(), g,
-                                   scale, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
-  return out;
+  return idwt_impl(ll, highs, scale, band_layout, output_size,
+                   [](const at::Tensor& lo, const std::vector<at::Tensor>& hs, const at::Tensor& out, double s,
+                      bool band) {
+                     const Launch launch(lo, out.size(2), out.size(3), hs.size(), band);
+                     std::vector<const void*> hi;
+                     for (const auto& t : hs) hi.push_back(t.data_ptr());
+                     C10_CUDA_CHECK(cuda::haar_idwt2d(launch.dtype, lo.data_ptr(), hi.data(), out.data_ptr(),
+                                                      launch.g, s, launch.workspace.data_ptr(), launch.stream));
+                   });
 }
 #endif
 
