@@ -224,6 +224,70 @@ def test_opcheck_cpp(top_k):
                           _opcheck_args("cpu", torch.float64, top_k))
 
 
+CPU_HALF = [pytest.param(d, id=str(d).replace("torch.", "")) for d in (torch.bfloat16, torch.float16)]
+
+
+@CPP
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_opcheck_cpp_bfloat16(top_k):
+    torch.library.opcheck(torch.ops.vdeblur.memory_readout.default,
+                          _opcheck_args("cpu", torch.bfloat16, top_k))
+
+
+@CPP
+@pytest.mark.parametrize("dtype", CPU_HALF)
+@pytest.mark.parametrize("similarity,top_k", [("l2", None), ("dot", None), ("l2", 5), ("dot", 20)])
+def test_cpu_low_precision(dtype, similarity, top_k):
+    """bfloat16 / float16 on the C++ CPU kernels, forward and gradients, against float64 on the
+    same (rounded) inputs; outputs and gradients come back in the input dtype."""
+    q, k, vals = make("cpu", "cpu", dtype=dtype, requires_grad=True, similarity=similarity,
+                      top_k=top_k)
+    with vdeblur_ops.backend("cpu"):
+        out = memory_readout(q, k, vals, similarity, top_k)
+    assert all(o.dtype == dtype for o in out)
+    assert_rel(out, reference64(q, k, vals, similarity, top_k), ATTN_TOL[dtype])
+    cot = [torch.randn_like(o) for o in out]
+    grads = torch.autograd.grad(out, [q, k, *vals], cot)
+    assert all(g.dtype == dtype for g in grads)
+    leaves = [x.detach().double().requires_grad_() for x in (q, k, *vals)]
+    expected = ref.memory_readout(leaves[0], leaves[1], leaves[2:], similarity, top_k,
+                                  1.0 / math.sqrt(q.shape[1]))
+    exp_grads = torch.autograd.grad(expected, leaves, [c.double() for c in cot])
+    assert_rel(list(grads), list(exp_grads), ATTN_TOL[dtype], "gradients")
+
+
+@CPP
+@pytest.mark.parametrize("dtype", CPU_HALF)
+@pytest.mark.parametrize("top_k", [0, 4])
+def test_cpu_low_precision_stat_and_float32_compute(dtype, top_k):
+    """On the torch ops: stat is float32 for half inputs (as the fake impl says) and the backward
+    takes it; a half stat is refused. Both ops give the float32 kernels' results on the upcast
+    inputs, rounded to the input dtype bit for bit (the maths runs in float32)."""
+    q, k, vals = make("cpu", "cpu", dtype=dtype, top_k=top_k or None)
+    nv = len(vals)
+    res = torch.ops.vdeblur.memory_readout(q, k, vals, True, top_k, 0.3)
+    res32 = torch.ops.vdeblur.memory_readout(q.float(), k.float(), [v.float() for v in vals], True,
+                                             top_k, 0.3)
+    outs, stat, index = res[:nv], res[nv], res[nv + 1]
+    assert stat.dtype == torch.float32 and all(o.dtype == dtype for o in outs)
+    fake = mr_ops._forward_fake(q, k, vals, True, top_k, 0.3)
+    assert [t.dtype for t in fake] == [t.dtype for t in res]
+    for a, b in zip(res, res32[:nv] + [res32[nv], res32[nv + 1]]):
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=0, atol=0)
+    grads = [torch.randn_like(o) for o in outs]
+    back = torch.ops.vdeblur.memory_readout_backward(grads, q, k, vals, outs, stat, index, True,
+                                                     top_k, 0.3)
+    back32 = torch.ops.vdeblur.memory_readout_backward(
+        [g.float() for g in grads], q.float(), k.float(), [v.float() for v in vals],
+        [o.float() for o in outs], stat, index, True, top_k, 0.3)
+    assert [g.dtype for g in back] == [dtype] * (2 + nv)
+    for a, b in zip(back, back32):
+        torch.testing.assert_close(a, b.to(dtype), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="stat must be Float"):
+        torch.ops.vdeblur.memory_readout_backward(grads, q, k, vals, outs, stat.to(dtype), index,
+                                                  True, top_k, 0.3)
+
+
 @pytest.mark.parametrize("top_k", [0, 3])
 def test_opcheck_triton(top_k):
     if "triton" not in [p.values[0] for p in BACKENDS]:

@@ -15,6 +15,9 @@
 // region). Extra memory O(N Nq k + threads Nm kCB).
 // Top-k, backward: gathers and scatters through the kept (weight, index) pairs, one task per
 // channel row so that scatters never race.
+// bfloat16 / float16 inputs compute in float32 (as the Triton twins): the entry points at the end
+// convert the inputs to float32 copies, run the float32 kernels and round the results back into
+// the caller's half outputs; `stat` (log-sum-exp / kept weights) is float32 for them throughout.
 #include "memory_readout.h"
 
 #include <ATen/Dispatch.h>
@@ -712,11 +715,41 @@ void topk_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
   });
 }
 
+// ---- half inputs: float32 copies in, float32 results rounded back out ----------------------------
+// A plain conversion pass per tensor (one more read and write of each input than the float32
+// path): simple and exact to the float32 kernels. stat is float32 already and passes through.
+
+bool is_half(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+
+std::vector<at::Tensor> to_float(const std::vector<at::Tensor>& ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.to(at::kFloat).contiguous());
+  return out;
+}
+
+std::vector<at::Tensor> empty_float(const std::vector<at::Tensor>& like) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : like) out.push_back(at::empty(t.sizes(), t.options().dtype(at::kFloat)));
+  return out;
+}
+
+void copy_into(const std::vector<at::Tensor>& dst, const std::vector<at::Tensor>& src) {
+  for (size_t i = 0; i < dst.size(); ++i) dst[i].copy_(src[i]);
+}
+
 }  // namespace
 
 void memory_readout_full_forward(const at::Tensor& query_key, const at::Tensor& memory_key,
                                  const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& outs,
                                  const at::Tensor& lse, bool l2, double scale) {
+  if (is_half(query_key)) {
+    const auto f = empty_float(outs);
+    memory_readout_full_forward(query_key.to(at::kFloat), memory_key.to(at::kFloat), to_float(values), f, lse,
+                                l2, scale);
+    return copy_into(outs, f);
+  }
   AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_full_forward", [&] {
     full_forward_impl<scalar_t>(query_key, memory_key, values, outs, lse, l2, static_cast<scalar_t>(scale));
   });
@@ -725,6 +758,12 @@ void memory_readout_full_forward(const at::Tensor& query_key, const at::Tensor& 
 void memory_readout_topk_forward(const at::Tensor& query_key, const at::Tensor& memory_key,
                                  const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& outs,
                                  const at::Tensor& weight, const at::Tensor& index, bool l2, double scale) {
+  if (is_half(query_key)) {
+    const auto f = empty_float(outs);
+    memory_readout_topk_forward(query_key.to(at::kFloat), memory_key.to(at::kFloat), to_float(values), f, weight,
+                                index, l2, scale);
+    return copy_into(outs, f);
+  }
   AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_topk_forward", [&] {
     topk_forward_impl<scalar_t>(query_key, memory_key, values, outs, weight, index, l2,
                                 static_cast<scalar_t>(scale));
@@ -736,6 +775,14 @@ void memory_readout_full_backward(const std::vector<at::Tensor>& grads, const at
                                   const std::vector<at::Tensor>& outs, const at::Tensor& lse,
                                   const at::Tensor& grad_query_key, const at::Tensor& grad_memory_key,
                                   const std::vector<at::Tensor>& grad_values, bool l2, double scale) {
+  if (is_half(query_key)) {
+    const auto gq = empty_float({grad_query_key}), gk = empty_float({grad_memory_key});
+    const auto gv = empty_float(grad_values);
+    memory_readout_full_backward(to_float(grads), query_key.to(at::kFloat), memory_key.to(at::kFloat),
+                                 to_float(values), to_float(outs), lse, gq[0], gk[0], gv, l2, scale);
+    copy_into({grad_query_key, grad_memory_key}, {gq[0], gk[0]});
+    return copy_into(grad_values, gv);
+  }
   AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_full_backward", [&] {
     full_backward_impl<scalar_t>(grads, query_key, memory_key, values, outs, lse, grad_query_key,
                                  grad_memory_key, grad_values, l2, static_cast<scalar_t>(scale));
@@ -747,6 +794,14 @@ void memory_readout_topk_backward(const std::vector<at::Tensor>& grads, const at
                                   const at::Tensor& weight, const at::Tensor& index,
                                   const at::Tensor& grad_query_key, const at::Tensor& grad_memory_key,
                                   const std::vector<at::Tensor>& grad_values, bool l2, double scale) {
+  if (is_half(query_key)) {
+    const auto gq = empty_float({grad_query_key}), gk = empty_float({grad_memory_key});
+    const auto gv = empty_float(grad_values);
+    memory_readout_topk_backward(to_float(grads), query_key.to(at::kFloat), memory_key.to(at::kFloat),
+                                 to_float(values), weight, index, gq[0], gk[0], gv, l2, scale);
+    copy_into({grad_query_key, grad_memory_key}, {gq[0], gk[0]});
+    return copy_into(grad_values, gv);
+  }
   AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_topk_backward", [&] {
     topk_backward_impl<scalar_t>(grads, query_key, memory_key, values, weight, index, grad_query_key,
                                  grad_memory_key, grad_values, l2, static_cast<scalar_t>(scale));

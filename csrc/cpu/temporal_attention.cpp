@@ -10,9 +10,15 @@
 // Every T x C intermediate lives only in the tile's scratch. The backward pass recomputes the
 // forward of the tile from l and m, accumulates the weight gradients of its tiles in a private
 // partial sum per chunk of tiles (no races, deterministic), and sums the partials at the end.
+//
+// bfloat16 / float16 inputs (S below) compute in float32 (T = at::opmath_type<S>), as the Triton
+// kernels do: the tile gather converts into the float32 scratch it writes anyway, the weights are
+// converted once per call, and the scatters round back to S. float32 / float64 have S == T and
+// run exactly the code they ran before.
 #include "temporal_attention.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -108,19 +114,30 @@ Geometry make_geometry(const at::Tensor& l, int64_t heads, int buffers, size_t e
 // Weights and biases of the five layers. The (H, F) and (K, V) pairs read the same input, so
 // their weights are also stacked into (2C, C) matrices: one GEMM computes both layers, and one
 // GEMM back-propagates through both.
+// For S != T (half inputs) w and b point at float copies in `converted`, made once per call.
 template <typename T>
 struct Params {
   const T* w[ta::kNumLinear];
   const T* b[ta::kNumLinear];
   std::vector<T> w_hf, w_kv;  // [W_h; W_f] and [W_k; W_v]
+  std::vector<T> converted[2 * ta::kNumLinear];
 };
 
-template <typename T>
+template <typename S, typename T>
 Params<T> params_of(const TemporalAttentionParams& p, int64_t C) {
   Params<T> out{};
   for (int i = 0; i < ta::kNumLinear; ++i) {
-    out.w[i] = p[2 * i].data_ptr<T>();
-    out.b[i] = p[2 * i + 1].data_ptr<T>();
+    if constexpr (std::is_same_v<S, T>) {
+      out.w[i] = p[2 * i].data_ptr<T>();
+      out.b[i] = p[2 * i + 1].data_ptr<T>();
+    } else {
+      for (int j : {2 * i, 2 * i + 1}) {
+        const S* src = p[j].data_ptr<S>();
+        out.converted[j].assign(src, src + p[j].numel());
+      }
+      out.w[i] = out.converted[2 * i].data();
+      out.b[i] = out.converted[2 * i + 1].data();
+    }
   }
   auto stack = [&](int a, int b) {
     std::vector<T> w(out.w[a], out.w[a] + C * C);
@@ -167,13 +184,13 @@ void linear_param_grad(const T* grad, int64_t rows, const T* x, T* dw, T* db, co
   }
 }
 
-// Gather a tile of src (N, T, C, HW) into dst[c][t * P + p]; pixels past the image are zero, so
-// they contribute nothing to any gradient.
-template <typename T>
-void load_tile(const T* src, T* dst, const Geometry& g, int64_t n, int64_t p0, int64_t np) {
+// Gather a tile of src (N, T, C, HW) into dst[c][t * P + p] (converting S to T); pixels past the
+// image are zero, so they contribute nothing to any gradient.
+template <typename S, typename T>
+void load_tile(const S* src, T* dst, const Geometry& g, int64_t n, int64_t p0, int64_t np) {
   for (int64_t t = 0; t < g.T; ++t) {
     for (int64_t c = 0; c < g.C; ++c) {
-      const T* __restrict s = src + ((n * g.T + t) * g.C + c) * g.HW + p0;
+      const S* __restrict s = src + ((n * g.T + t) * g.C + c) * g.HW + p0;
       T* __restrict d = dst + c * g.J + t * g.P;
       std::copy(s, s + np, d);
       std::fill(d + np, d + g.P, T(0));
@@ -181,19 +198,20 @@ void load_tile(const T* src, T* dst, const Geometry& g, int64_t n, int64_t p0, i
   }
 }
 
-// Scatter the first np pixels of a tile into dst (N, T, C, HW); with `add`, dst gets src + add.
-template <typename T>
-void store_tile(const T* src, T* dst, const Geometry& g, int64_t n, int64_t p0, int64_t np,
+// Scatter the first np pixels of a tile into dst (N, T, C, HW), rounding T to S; with `add`, dst
+// gets src + add (summed in T).
+template <typename T, typename S>
+void store_tile(const T* src, S* dst, const Geometry& g, int64_t n, int64_t p0, int64_t np,
                 const T* add = nullptr) {
   for (int64_t t = 0; t < g.T; ++t) {
     for (int64_t c = 0; c < g.C; ++c) {
       const T* __restrict s = src + c * g.J + t * g.P;
-      T* __restrict d = dst + ((n * g.T + t) * g.C + c) * g.HW + p0;
+      S* __restrict d = dst + ((n * g.T + t) * g.C + c) * g.HW + p0;
       if (add == nullptr) {
         std::copy(s, s + np, d);
       } else {
         const T* __restrict a = add + c * g.J + t * g.P;
-        for (int64_t p = 0; p < np; ++p) d[p] = s[p] + a[p];
+        for (int64_t p = 0; p < np; ++p) d[p] = static_cast<S>(s[p] + a[p]);
       }
     }
   }
@@ -282,30 +300,30 @@ void head_apply(const T* a, const T* v, T* out, const Geometry& g, int64_t c0) {
 }
 
 // attn (N, heads, HW, T, T) <-> a[(t * T + s) * P + p] of one head.
-template <typename T>
-void store_attention(const T* a, T* attn, const Geometry& g, int64_t n, int64_t h, int64_t p0,
+template <typename T, typename S>
+void store_attention(const T* a, S* attn, const Geometry& g, int64_t n, int64_t h, int64_t p0,
                      int64_t np) {
   const int64_t TT = g.T * g.T;
-  T* base = attn + ((n * g.heads + h) * g.HW + p0) * TT;
+  S* base = attn + ((n * g.heads + h) * g.HW + p0) * TT;
   for (int64_t ts = 0; ts < TT; ++ts)
-    for (int64_t p = 0; p < np; ++p) base[p * TT + ts] = a[ts * g.P + p];
+    for (int64_t p = 0; p < np; ++p) base[p * TT + ts] = static_cast<S>(a[ts * g.P + p]);
 }
 
-template <typename T>
-void add_attention_grad(const T* grad_attn, T* da, const Geometry& g, int64_t n, int64_t h,
+template <typename S, typename T>
+void add_attention_grad(const S* grad_attn, T* da, const Geometry& g, int64_t n, int64_t h,
                         int64_t p0, int64_t np) {
   const int64_t TT = g.T * g.T;
-  const T* base = grad_attn + ((n * g.heads + h) * g.HW + p0) * TT;
+  const S* base = grad_attn + ((n * g.heads + h) * g.HW + p0) * TT;
   for (int64_t ts = 0; ts < TT; ++ts)
-    for (int64_t p = 0; p < np; ++p) da[ts * g.P + p] += base[p * TT + ts];
+    for (int64_t p = 0; p < np; ++p) da[ts * g.P + p] += static_cast<T>(base[p * TT + ts]);
 }
 
 // Backward of one head's attention, in place. In: a (the softmax), go = dL', q, k, v.
 // Out: v <- dV, go <- dQ, k <- dK (each channel's K is read for dQ before dK overwrites it);
 // da is T*T*P scratch.
-template <typename T>
+template <typename S, typename T>
 void head_attention_backward(const T* a, T* go, const T* q, T* k, T* v, T* da, const Geometry& g,
-                             int64_t c0, T scale, const T* grad_attn, int64_t n, int64_t h,
+                             int64_t c0, T scale, const S* grad_attn, int64_t n, int64_t h,
                              int64_t p0, int64_t np) {
   const int64_t P = g.P, J = g.J, TT = g.T, c1 = c0 + g.d;
   // dA[t,s] = sum_c dL'[c][t] V[c][s] (+ the gradient reaching attn itself).
@@ -385,17 +403,18 @@ int64_t workers(int64_t items) {
 
 constexpr int kForwardBuffers = 5;
 
-template <typename T>
+// S: the tensors' dtype; the scratch, GEMMs and softmax run in T = at::opmath_type<S>.
+template <typename S, typename T = at::opmath_type<S>>
 void forward_impl(const at::Tensor& l_t, const at::Tensor& m_t, const TemporalAttentionParams& pt,
                   T scale, int64_t heads, const at::Tensor& l_out_t, const at::Tensor& m_out_t,
                   const at::Tensor& attn_t) {
   const Geometry g = make_geometry(l_t, heads, kForwardBuffers, sizeof(T));
-  const Params<T> prm = params_of<T>(pt, g.C);
-  const T* l = l_t.data_ptr<T>();
-  const T* m = m_t.data_ptr<T>();
-  T* l_out = l_out_t.data_ptr<T>();
-  T* m_out = m_out_t.data_ptr<T>();
-  T* attn = attn_t.defined() ? attn_t.data_ptr<T>() : nullptr;
+  const Params<T> prm = params_of<S, T>(pt, g.C);
+  const S* l = l_t.data_ptr<S>();
+  const S* m = m_t.data_ptr<S>();
+  S* l_out = l_out_t.data_ptr<S>();
+  S* m_out = m_out_t.data_ptr<S>();
+  S* attn = attn_t.defined() ? attn_t.data_ptr<S>() : nullptr;
   const int64_t mat = g.C * g.J;
 
   std::atomic<int64_t> next_tile{0};
@@ -436,19 +455,19 @@ void forward_impl(const at::Tensor& l_t, const at::Tensor& m_t, const TemporalAt
 
 constexpr int kBackwardBuffers = 11;
 
-template <typename T>
+template <typename S, typename T = at::opmath_type<S>>
 void backward_impl(const at::Tensor& gl_t, const at::Tensor& gm_t, const at::Tensor& ga_t,
                    const at::Tensor& l_t, const at::Tensor& m_t, const TemporalAttentionParams& pt,
                    T scale, int64_t heads, const std::vector<at::Tensor>& grads) {
   const Geometry g = make_geometry(l_t, heads, kBackwardBuffers, sizeof(T));
-  const Params<T> prm = params_of<T>(pt, g.C);
-  const T* l = l_t.data_ptr<T>();
-  const T* m = m_t.data_ptr<T>();
-  const T* gl = gl_t.data_ptr<T>();
-  const T* gm = gm_t.data_ptr<T>();
-  const T* ga = ga_t.defined() ? ga_t.data_ptr<T>() : nullptr;
-  T* dl = grads[0].data_ptr<T>();
-  T* dm = grads[1].data_ptr<T>();
+  const Params<T> prm = params_of<S, T>(pt, g.C);
+  const S* l = l_t.data_ptr<S>();
+  const S* m = m_t.data_ptr<S>();
+  const S* gl = gl_t.data_ptr<S>();
+  const S* gm = gm_t.data_ptr<S>();
+  const S* ga = ga_t.defined() ? ga_t.data_ptr<S>() : nullptr;
+  S* dl = grads[0].data_ptr<S>();
+  S* dm = grads[1].data_ptr<S>();
   const int64_t mat = g.C * g.J;
   const int64_t CC = g.C * g.C;
 
@@ -522,16 +541,30 @@ void backward_impl(const at::Tensor& gl_t, const at::Tensor& gm_t, const at::Ten
     }
   });
 
-  // Sum the partials into the parameter gradients.
+  // Sum the partials into the parameter gradients (for S != T: in T, then rounded once).
+  std::vector<T> sum_buf(std::is_same_v<S, T> ? 0 : CC + g.C);
   for (int i = 0; i < ta::kNumLinear; ++i) {
-    T* dw = grads[2 + 2 * i].data_ptr<T>();
-    T* db = grads[3 + 2 * i].data_ptr<T>();
+    S* dw_s = grads[2 + 2 * i].data_ptr<S>();
+    S* db_s = grads[3 + 2 * i].data_ptr<S>();
+    T* dw;
+    T* db;
+    if constexpr (std::is_same_v<S, T>) {
+      dw = dw_s;
+      db = db_s;
+    } else {
+      dw = sum_buf.data();
+      db = dw + CC;
+    }
     std::fill(dw, dw + CC, T(0));
     std::fill(db, db + g.C, T(0));
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const T* part = partials.data() + chunk * partial_size;
       for (int64_t j = 0; j < CC; ++j) dw[j] += part[i * CC + j];
       for (int64_t c = 0; c < g.C; ++c) db[c] += part[ta::kNumLinear * CC + i * g.C + c];
+    }
+    if constexpr (!std::is_same_v<S, T>) {
+      std::copy(dw, dw + CC, dw_s);
+      std::copy(db, db + g.C, db_s);
     }
   }
 }
@@ -542,8 +575,9 @@ void temporal_attention_forward(const at::Tensor& l, const at::Tensor& m,
                                 const TemporalAttentionParams& params, double scale, int64_t heads,
                                 const at::Tensor& l_out, const at::Tensor& m_out,
                                 const at::Tensor& attn) {
-  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "temporal_attention_cpu", [&] {
-    forward_impl<scalar_t>(l, m, params, static_cast<scalar_t>(scale), heads, l_out, m_out, attn);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, l.scalar_type(), "temporal_attention_cpu", [&] {
+    forward_impl<scalar_t>(l, m, params, static_cast<at::opmath_type<scalar_t>>(scale), heads, l_out, m_out,
+                           attn);
   });
 }
 
@@ -551,9 +585,9 @@ void temporal_attention_backward(const at::Tensor& grad_l_out, const at::Tensor&
                                  const at::Tensor& grad_attn, const at::Tensor& l,
                                  const at::Tensor& m, const TemporalAttentionParams& params,
                                  double scale, int64_t heads, const std::vector<at::Tensor>& grads) {
-  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "temporal_attention_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, l.scalar_type(), "temporal_attention_backward_cpu", [&] {
     backward_impl<scalar_t>(grad_l_out, grad_m_out, grad_attn, l, m, params,
-                            static_cast<scalar_t>(scale), heads, grads);
+                            static_cast<at::opmath_type<scalar_t>>(scale), heads, grads);
   });
 }
 

@@ -33,8 +33,9 @@ void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like)
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, at::TensorList values, int64_t top_k) {
   check_tensor(q, "query_key", q);
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
-              "vdeblur::memory_readout: the CPU kernels support float32 and float64, got ", q.scalar_type());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+              "vdeblur::memory_readout: the CPU kernels support float32, float64, bfloat16 and float16, got ", dt);
   check_tensor(k, "memory_key", q);
   TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1), "vdeblur::memory_readout: memory_key must be (N, Ck, Nm) with N=",
               q.size(0), " Ck=", q.size(1), ", got ", k.sizes());
@@ -45,6 +46,13 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, at::TensorList value
                 q.size(0), " Nm=", k.size(2), ", got ", v.sizes());
   }
   TORCH_CHECK(top_k >= 0, "vdeblur::memory_readout: top_k must be >= 0 (0: full softmax), got ", top_k);
+}
+
+// The dtype of `stat` (log-sum-exp or kept weights): float32 for half inputs, which the kernels
+// compute in float32 (as the Triton twins and the fake impl's _stat_dtype say), else the input's.
+at::ScalarType stat_dtype(const at::Tensor& q) {
+  const auto dt = q.scalar_type();
+  return dt == at::kBFloat16 || dt == at::kHalf ? at::kFloat : dt;
 }
 
 std::vector<at::Tensor> prepared(at::TensorList ts) {
@@ -68,13 +76,13 @@ std::vector<at::Tensor> memory_readout_cpu(const at::Tensor& q_in, const at::Ten
   std::vector<at::Tensor> outs;
   for (const auto& v : values) outs.push_back(at::empty({N, v.size(1), Nq}, q.options()));
   if (top_k == 0) {
-    auto lse = at::empty({N, Nq}, q.options());
+    auto lse = at::empty({N, Nq}, q.options().dtype(stat_dtype(q)));
     cpu::memory_readout_full_forward(q, k, values, outs, lse, l2, scale);
     outs.push_back(lse);
     outs.push_back(at::empty({0}, q.options().dtype(at::kLong)));
   } else {
     const int64_t kk = std::min(top_k, Nm);
-    auto weight = at::empty({N, kk, Nq}, q.options());
+    auto weight = at::empty({N, kk, Nq}, q.options().dtype(stat_dtype(q)));
     auto index = at::empty({N, kk, Nq}, q.options().dtype(at::kLong));
     cpu::memory_readout_topk_forward(q, k, values, outs, weight, index, l2, scale);
     outs.push_back(weight);
@@ -102,7 +110,8 @@ std::vector<at::Tensor> memory_readout_backward_cpu(at::TensorList grads_in, con
                 "vdeblur::memory_readout_backward: grads and outputs must match query_key's dtype");
   }
   const auto stat = stat_in.contiguous(), index = index_in.contiguous();
-  TORCH_CHECK(stat.scalar_type() == q.scalar_type(), "vdeblur::memory_readout_backward: stat must match query_key's dtype");
+  TORCH_CHECK(stat.scalar_type() == stat_dtype(q), "vdeblur::memory_readout_backward: stat must be ",
+              stat_dtype(q), " for ", q.scalar_type(), " inputs, got ", stat.scalar_type());
   auto gq = at::empty({N, q.size(1), Nq}, q.options());
   auto gk = at::empty({N, k.size(1), Nm}, q.options());
   std::vector<at::Tensor> gvs;

@@ -31,8 +31,10 @@ void check_inputs(const at::Tensor& l, const at::Tensor& m, const cpu::TemporalA
   TORCH_CHECK(l.numel() > 0, "vdeblur::temporal_attention: l must not be empty, got shape ", l.sizes());
   TORCH_CHECK(m.sizes() == l.sizes(), "vdeblur::temporal_attention: m must have the shape of l ", l.sizes(),
               ", got ", m.sizes());
-  TORCH_CHECK(l.scalar_type() == at::kFloat || l.scalar_type() == at::kDouble,
-              "vdeblur::temporal_attention: the CPU kernel supports float32 and float64, got ", l.scalar_type());
+  const auto dt = l.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+              "vdeblur::temporal_attention: the CPU kernel supports float32, float64, bfloat16 and float16, got ",
+              dt);
   const int64_t T = l.size(1), C = l.size(2);
   TORCH_CHECK(T <= ta::kMaxFrames, "vdeblur::temporal_attention: T must be <= ", ta::kMaxFrames, ", got ", T);
   TORCH_CHECK(C <= ta::kMaxChannels, "vdeblur::temporal_attention: C must be <= ", ta::kMaxChannels, ", got ", C);

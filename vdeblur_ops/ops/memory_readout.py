@@ -19,8 +19,9 @@ entries only).
 
 Autocast policy: "lower precision" (as torch's scaled_dot_product_attention, which the full
 softmax readout is): query_key, memory_key and values are cast to the autocast dtype (float64 is
-left alone); the softmax statistics stay float32 inside the kernels. On CPU the C++ kernel takes
-float32 / float64 only, so under CPU bfloat16 autocast the reference backend runs (in bfloat16).
+left alone); the softmax statistics stay float32 inside the kernels. The C++ CPU kernels take
+bfloat16 / float16 too, computing in float32 (the inputs are converted to float32 copies, outputs
+and gradients rounded back; ``stat`` is float32), so under CPU bfloat16 autocast they run.
 Registered on the torch ops too (vdeblur_ops/_autocast.py).
 
 channels_last: keys and values flattened from channels_last (N, C, H, W) features are
@@ -103,7 +104,7 @@ def _triton_limit(top_k: int, memory_positions: int) -> str | None:
 
 FAMILY = OpFamily(
     "memory_readout",
-    dtypes={"cpu": (torch.float32, torch.float64)},
+    dtypes={"cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16)},
     fakes={"memory_readout": _forward_fake, "memory_readout_backward": _backward_fake},
     autograd=_autograd,
     autocast=(_autocast.LOWER_PRECISION, ("memory_readout",)),  # the forward; see _autocast

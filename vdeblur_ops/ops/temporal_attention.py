@@ -17,8 +17,10 @@ and float16; float32 products follow torch's float32 matmul precision (3xTF32 fo
 
 Autocast policy: "lower precision" (as torch's scaled_dot_product_attention and linear, which the
 layer is made of): l, m and every weight and bias are cast to the autocast dtype (float64 is left
-alone); the kernels keep softmax and accumulations in float32. On CPU the C++ kernel takes
-float32 / float64 only, so under CPU bfloat16 autocast the reference backend runs (in bfloat16).
+alone); the kernels keep softmax and accumulations in float32. The C++ CPU kernel takes
+bfloat16 / float16 too: the tile gather converts into its float32 scratch (GEMMs, softmax and
+gates in float32) and outputs and gradients are rounded back to the input dtype, so under CPU
+bfloat16 autocast the C++ kernel runs.
 Registered on the torch ops too (vdeblur_ops/_autocast.py).
 
 channels_last does not apply (the tensors are 5-D (N, T, C, H, W)); inputs of any other strides
@@ -84,7 +86,7 @@ def _triton_limit(frame_elements: int) -> str | None:
 
 FAMILY = OpFamily(
     "temporal_attention",
-    dtypes={"cpu": (torch.float32, torch.float64)},
+    dtypes={"cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16)},
     fakes={"temporal_attention": _forward_fake, "temporal_attention_backward": _backward_fake},
     autograd=_autograd,
     autocast=(_autocast.LOWER_PRECISION, ("temporal_attention",)),  # the forward; see _autocast
