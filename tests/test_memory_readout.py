@@ -256,13 +256,28 @@ def test_cpu_low_precision(dtype, similarity, top_k):
     assert_rel(list(grads), list(exp_grads), ATTN_TOL[dtype], "gradients")
 
 
+def _exact_after_rounding(outs, outs32):
+    for a, b in zip(outs, outs32):
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=0, atol=0)
+
+
+# Relative error against the float32 kernels, about twice the worst of 20 draws (bfloat16:
+# 2.9e-3, float16: 3.8e-4 over outputs and gradients): the rounding of the outputs and of P / dS.
+_LOW_PRECISION_CHECKS = {
+    torch.bfloat16: lambda outs, outs32: assert_rel(outs, outs32, 6e-3),
+    torch.float16: lambda outs, outs32: assert_rel(outs, outs32, 8e-4),
+}
+
+
 @CPP
 @pytest.mark.parametrize("dtype", CPU_HALF)
 @pytest.mark.parametrize("top_k", [0, 4])
 def test_cpu_low_precision_stat_and_float32_compute(dtype, top_k):
     """On the torch ops: stat is float32 for half inputs (as the fake impl says) and the backward
-    takes it; a half stat is refused. Both ops give the float32 kernels' results on the upcast
-    inputs, rounded to the input dtype bit for bit (the maths runs in float32)."""
+    takes it; a half stat is refused. Both ops match the float32 kernels on the upcast inputs:
+    top-k bit for bit after rounding (it runs them on float32 copies); the full softmax (half x
+    half -> float32 GEMMs, P and dS rounded to the input dtype for them) to the rounding of P and
+    of the outputs, with the float32 statistics to float32 accuracy."""
     q, k, vals = make("cpu", "cpu", dtype=dtype, top_k=top_k or None)
     nv = len(vals)
     res = torch.ops.vdeblur.memory_readout(q, k, vals, True, top_k, 0.3)
@@ -272,8 +287,10 @@ def test_cpu_low_precision_stat_and_float32_compute(dtype, top_k):
     assert stat.dtype == torch.float32 and all(o.dtype == dtype for o in outs)
     fake = mr_ops._forward_fake(q, k, vals, True, top_k, 0.3)
     assert [t.dtype for t in fake] == [t.dtype for t in res]
-    for a, b in zip(res, res32[:nv] + [res32[nv], res32[nv + 1]]):
-        torch.testing.assert_close(a, b.to(a.dtype), rtol=0, atol=0)
+    check = _LOW_PRECISION_CHECKS[dtype] if top_k == 0 else _exact_after_rounding
+    check(outs, res32[:nv])
+    torch.testing.assert_close(stat, res32[nv], **({} if top_k == 0 else dict(rtol=0, atol=0)))
+    assert torch.equal(index, res32[nv + 1])
     grads = [torch.randn_like(o) for o in outs]
     back = torch.ops.vdeblur.memory_readout_backward(grads, q, k, vals, outs, stat, index, True,
                                                      top_k, 0.3)
@@ -281,8 +298,7 @@ def test_cpu_low_precision_stat_and_float32_compute(dtype, top_k):
         [g.float() for g in grads], q.float(), k.float(), [v.float() for v in vals],
         [o.float() for o in outs], stat, index, True, top_k, 0.3)
     assert [g.dtype for g in back] == [dtype] * (2 + nv)
-    for a, b in zip(back, back32):
-        torch.testing.assert_close(a, b.to(dtype), rtol=0, atol=0)
+    check(list(back), list(back32))
     with pytest.raises(RuntimeError, match="stat must be Float"):
         torch.ops.vdeblur.memory_readout_backward(grads, q, k, vals, outs, stat.to(dtype), index,
                                                   True, top_k, 0.3)

@@ -15,12 +15,15 @@
 // region). Extra memory O(N Nq k + threads Nm kCB).
 // Top-k, backward: gathers and scatters through the kept (weight, index) pairs, one task per
 // channel row so that scatters never race.
-// bfloat16 / float16 inputs compute in float32 (as the Triton twins): the entry points at the end
-// convert the inputs to float32 copies, run the float32 kernels and round the results back into
-// the caller's half outputs; `stat` (log-sum-exp / kept weights) is float32 for them throughout.
+// bfloat16 / float16 inputs (S below) compute in float32 (T), as the Triton twins do: the full
+// softmax kernels read q, k, v in S and run their GEMMs as S x S -> float32 products (MKL's
+// gemm_bf16bf16f32 / gemm_f16f16f32: AMX on CPUs that have it), with P and dS rounded to S for
+// the products that take them (as FlashAttention does); softmax, statistics and accumulators stay
+// float32. The top-k kernels run in float32 on float32 copies. `stat` is float32 for S inputs.
 #include "memory_readout.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <c10/util/ParallelGuard.h>
@@ -29,6 +32,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <type_traits>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -84,42 +88,110 @@ at::Tensor mat(void* data, int64_t rows, int64_t cols, const at::TensorOptions& 
   return at::from_blob(data, {rows, cols}, opts);
 }
 
-// |k_p|^2 per memory position (N, Nm), only for "l2".
+// |k_p|^2 per memory position (N, Nm) in T, from keys in S; only for "l2".
 // Computed in plain loops, like every other pass here: a torch op on the calling thread would
 // start OpenMP threads that keep spinning while our workers run.
-template <typename T>
+template <typename S, typename T = S>
 at::Tensor key_norms(const at::Tensor& k, bool l2) {
   if (!l2) return at::Tensor();
   const int64_t N = k.size(0), Ck = k.size(1), Nm = k.size(2);
-  at::Tensor kn = at::empty({N, Nm}, k.options());
+  at::Tensor kn = at::empty({N, Nm}, k.options().dtype(c10::CppTypeToScalarType<T>::value));
   parallel_tasks(N, Ck * Nm, [&](int64_t, int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       T* dst = kn.data_ptr<T>() + n * Nm;
       std::fill(dst, dst + Nm, T(0));
       for (int64_t c = 0; c < Ck; ++c) {
-        const T* row = k.data_ptr<T>() + n * k.stride(0) + c * k.stride(1);
-        for (int64_t p = 0; p < Nm; ++p) dst[p] += row[p] * row[p];
+        const S* row = k.data_ptr<S>() + n * k.stride(0) + c * k.stride(1);
+        for (int64_t p = 0; p < Nm; ++p) {
+          const T x = static_cast<T>(row[p]);
+          dst[p] += x * x;
+        }
       }
     }
   });
   return kn;
 }
 
-template <typename T>
+// ---- GEMMs on tiles ------------------------------------------------------------------------------
+// float32 / float64 tiles go through at::addmm_out. Half tiles (S = bfloat16 / float16) go
+// through MKL's mixed-precision Fortran GEMMs, S x S -> float32 with float32 accumulation, which
+// libtorch's MKL exports (weak symbols: without them the product runs in float32 on converted
+// copies).
+extern "C" {
+void gemm_bf16bf16f32_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const uint16_t* a, const int* lda, const uint16_t* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
+void gemm_f16f16f32_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                     const float* alpha, const uint16_t* a, const int* lda, const uint16_t* b, const int* ldb,
+                     const float* beta, float* c, const int* ldc) __attribute__((weak));
+}
+
+// A 2-D view as a BLAS (column-major) operand: 'N' when its rows are contiguous (the memory is
+// the transpose, column-major), 'T' when its columns are; ld its leading dimension.
+struct BlasOperand {
+  char trans;
+  int ld;
+};
+
+bool blas_operand(const at::Tensor& x, BlasOperand& op) {
+  const int64_t r = x.size(0), c = x.size(1);
+  if (x.stride(1) == 1 || c == 1) {
+    op = {'N', static_cast<int>(std::max<int64_t>({x.stride(0), c, 1}))};
+    return true;
+  }
+  if (x.stride(0) == 1 || r == 1) {
+    op = {'T', static_cast<int>(std::max<int64_t>({x.stride(1), r, 1}))};
+    return true;
+  }
+  return false;
+}
+
+// out (m, n), float32 with contiguous rows, = beta * out + alpha * a (m, k) @ b (k, n) for half a, b.
+// Row-major out is column-major out^T = b^T a^T: b is BLAS's first operand.
+template <typename S>
+void half_gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, float beta, float alpha) {
+  auto fn = std::is_same_v<S, at::BFloat16> ? gemm_bf16bf16f32_ : gemm_f16f16f32_;
+  BlasOperand oa{}, ob{};
+  if (fn == nullptr || out.stride(1) != 1 || !blas_operand(a, oa) || !blas_operand(b, ob)) {
+    at::addmm_out(out, out, a.to(at::kFloat), b.to(at::kFloat), beta, alpha);
+    return;
+  }
+  const int m = static_cast<int>(b.size(1)), n = static_cast<int>(a.size(0)), k = static_cast<int>(a.size(1));
+  const int ldc = static_cast<int>(std::max<int64_t>({out.stride(0), out.size(1), 1}));
+  fn(&ob.trans, &oa.trans, &m, &n, &k, &alpha, reinterpret_cast<const uint16_t*>(b.data_ptr<S>()), &ob.ld,
+     reinterpret_cast<const uint16_t*>(a.data_ptr<S>()), &oa.ld, &beta, out.data_ptr<float>(), &ldc);
+}
+
+// out = beta * out + alpha * a @ b: at::addmm_out for float32 / float64 (as before), the mixed GEMM
+// for half a, b into a float32 out.
+template <typename S>
+void tile_gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Scalar& beta,
+               const at::Scalar& alpha) {
+  if constexpr (std::is_same_v<S, at::opmath_type<S>>) {
+    at::addmm_out(out, out, a, b, beta, alpha);
+  } else {
+    half_gemm<S>(out, a, b, beta.to<float>(), alpha.to<float>());
+  }
+}
+
+// S: the inputs' dtype; T: the scratch / softmax dtype (float32 for half S, else S).
+template <typename S, typename T = at::opmath_type<S>>
 void full_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vector<at::Tensor>& values,
                        const std::vector<at::Tensor>& outs, const at::Tensor& lse, bool l2, T scale) {
+  constexpr bool kHalf = !std::is_same_v<S, T>;
   const int64_t N = q.size(0), Nq = q.size(2), Nm = k.size(2);
   const int64_t nv = static_cast<int64_t>(values.size()), cv_sum = channel_sum(values);
   const T ds = dot_scale<T>(l2, scale), ns = norm_scale<T>(l2, scale);
-  const at::Tensor kn = key_norms<T>(k, l2);
+  const at::Tensor kn = key_norms<S, T>(k, l2);
   const int64_t n_qt = ceil_div(Nq, kBQ);
   int64_t cv_max = 0;
   for (const auto& v : values) cv_max = std::max(cv_max, v.size(1));
-  const auto opts = q.options();
+  const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
 
   parallel_tasks(N * n_qt, (q.size(1) + cv_sum) * kBQ * Nm, [&](int64_t, int64_t begin, int64_t end) {
     at::Tensor s_buf = at::empty({kBM * kBQ}, opts);
     at::Tensor o_buf = at::empty({nv, cv_max * kBQ}, opts);
+    at::Tensor p_half = kHalf ? at::empty({kBM * kBQ}, q.options()) : at::Tensor();  // P rounded to S
     std::vector<T> m(kBQ), l(kBQ), corr(kBQ), tile_max(kBQ), tile_sum(kBQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / n_qt, q0 = (task % n_qt) * kBQ, bq = std::min(kBQ, Nq - q0);
@@ -134,7 +206,7 @@ void full_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
       for (int64_t p0 = 0; p0 < Nm; p0 += kBM) {
         const int64_t bm = std::min(kBM, Nm - p0);
         at::Tensor st = mat(s_buf.data_ptr<T>(), bm, bq, opts);
-        at::addmm_out(st, st, k[n].narrow(1, p0, bm).t(), qt, 0, ds);  // (bm, bq)
+        tile_gemm<S>(st, k[n].narrow(1, p0, bm).t(), qt, 0, ds);  // (bm, bq)
         T* s = st.data_ptr<T>();
         const T* knp = l2 ? kn[n].data_ptr<T>() + p0 : nullptr;
         std::fill(tile_max.begin(), tile_max.begin() + bq, -std::numeric_limits<T>::infinity());
@@ -162,15 +234,20 @@ void full_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
             row[j] = e;
             tile_sum[j] += e;
           }
+          if constexpr (kHalf) {
+            S* prow = p_half.data_ptr<S>() + p * bq;
+            for (int64_t j = 0; j < bq; ++j) prow[j] = static_cast<S>(row[j]);
+          }
         }
         for (int64_t j = 0; j < bq; ++j) l[j] = l[j] * corr[j] + tile_sum[j];
+        const at::Tensor pt = kHalf ? mat(p_half.data_ptr<S>(), bm, bq, q.options()) : st;
         for (int64_t i = 0; i < nv; ++i) {
           if (rescale) {
             T* od = o[i].data_ptr<T>();
             for (int64_t c = 0; c < o[i].size(0); ++c)
               for (int64_t j = 0; j < bq; ++j) od[c * bq + j] *= corr[j];
           }
-          at::addmm_out(o[i], o[i], values[i][n].narrow(1, p0, bm), st, 1, 1);
+          tile_gemm<S>(o[i], values[i][n].narrow(1, p0, bm), pt, 1, 1);
         }
       }
       T* lse_row = lse.data_ptr<T>() + n * Nq + q0;
@@ -181,9 +258,9 @@ void full_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
       for (int64_t i = 0; i < nv; ++i) {
         const int64_t cv = values[i].size(1);
         const T* od = o[i].data_ptr<T>();
-        T* dst = outs[i].data_ptr<T>() + n * cv * Nq + q0;
+        S* dst = outs[i].data_ptr<S>() + n * cv * Nq + q0;
         for (int64_t c = 0; c < cv; ++c)
-          for (int64_t j = 0; j < bq; ++j) dst[c * Nq + j] = od[c * bq + j] * corr[j];
+          for (int64_t j = 0; j < bq; ++j) dst[c * Nq + j] = static_cast<S>(od[c * bq + j] * corr[j]);
       }
     }
   });
@@ -488,16 +565,17 @@ void topk_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
   gather_values<T>(values, weight, index, outs);
 }
 
-template <typename T>
+template <typename S, typename T = at::opmath_type<S>>
 void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& q, const at::Tensor& k,
                         const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& outs,
                         const at::Tensor& lse, const at::Tensor& gq, const at::Tensor& gk,
                         const std::vector<at::Tensor>& gvs, bool l2, T scale) {
+  constexpr bool kHalf = !std::is_same_v<S, T>;
   const int64_t N = q.size(0), Ck = q.size(1), Nq = q.size(2), Nm = k.size(2);
   const int64_t nv = static_cast<int64_t>(values.size()), cv_sum = channel_sum(values);
   const T ds = dot_scale<T>(l2, scale), ns = norm_scale<T>(l2, scale);
-  const at::Tensor kn = key_norms<T>(k, l2);
-  const auto opts = q.options();
+  const at::Tensor kn = key_norms<S, T>(k, l2);
+  const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
   // D[n, q] = sum_i sum_c dO_i[c, q] O_i[c, q]: the softmax backward's per-query correction.
   at::Tensor delta = at::empty({N, Nq}, opts);
   parallel_tasks(N, cv_sum * Nq, [&](int64_t, int64_t begin, int64_t end) {
@@ -506,10 +584,10 @@ void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
       std::fill(dl, dl + Nq, T(0));
       for (int64_t i = 0; i < nv; ++i) {
         const int64_t cv = values[i].size(1);
-        const T* g = grads[i].data_ptr<T>() + n * cv * Nq;
-        const T* o = outs[i].data_ptr<T>() + n * cv * Nq;
+        const S* g = grads[i].data_ptr<S>() + n * cv * Nq;
+        const S* o = outs[i].data_ptr<S>() + n * cv * Nq;
         for (int64_t c = 0; c < cv; ++c)
-          for (int64_t j = 0; j < Nq; ++j) dl[j] += g[c * Nq + j] * o[c * Nq + j];
+          for (int64_t j = 0; j < Nq; ++j) dl[j] += static_cast<T>(g[c * Nq + j]) * static_cast<T>(o[c * Nq + j]);
       }
     }
   });
@@ -526,6 +604,9 @@ void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
     std::fill(mine.data_ptr<T>(), mine.data_ptr<T>() + mine.numel(), T(0));
     at::Tensor p_buf = at::empty({kBM * kBQ}, opts), dp_buf = at::empty({kBM * kBQ}, opts);
     at::Tensor gk_buf = at::empty({Ck * kBM}, opts), gv_buf = at::empty({nv, cv_max * kBM}, opts);
+    // P and dS rounded to S, for the products that take them (half inputs only).
+    at::Tensor p_half = kHalf ? at::empty({kBM * kBQ}, q.options()) : at::Tensor();
+    at::Tensor ds_half = kHalf ? at::empty({kBM * kBQ}, q.options()) : at::Tensor();
     std::vector<T> row_sum(kBM);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / n_mt, p0 = (task % n_mt) * kBM, bm = std::min(kBM, Nm - p0);
@@ -545,18 +626,23 @@ void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
         const at::Tensor qt = q[n].narrow(1, q0, bq);
         at::Tensor pt = mat(p_buf.data_ptr<T>(), bm, bq, opts);
         at::Tensor dpt = mat(dp_buf.data_ptr<T>(), bm, bq, opts);
-        at::addmm_out(pt, pt, kt.t(), qt, 0, ds);
+        tile_gemm<S>(pt, kt.t(), qt, 0, ds);
         T* pd = pt.data_ptr<T>();
         const T* lse_row = lse.data_ptr<T>() + n * Nq + q0;
         for (int64_t p = 0; p < bm; ++p) {
           const T bias = l2 ? ns * knp[p] : T(0);
           T* row = pd + p * bq;
           for (int64_t j = 0; j < bq; ++j) row[j] = fast_exp(row[j] - bias - lse_row[j]);
+          if constexpr (kHalf) {
+            S* hrow = p_half.data_ptr<S>() + p * bq;
+            for (int64_t j = 0; j < bq; ++j) hrow[j] = static_cast<S>(row[j]);
+          }
         }
+        const at::Tensor p_in = kHalf ? mat(p_half.data_ptr<S>(), bm, bq, q.options()) : pt;
         for (int64_t i = 0; i < nv; ++i) {
           const at::Tensor dot = grads[i][n].narrow(1, q0, bq);  // (Cv, bq)
-          at::addmm_out(gvt[i], gvt[i], dot, pt.t(), 1, 1);
-          at::addmm_out(dpt, dpt, vt[i].t(), dot, i == 0 ? 0 : 1, 1);
+          tile_gemm<S>(gvt[i], dot, p_in.t(), 1, 1);
+          tile_gemm<S>(dpt, vt[i].t(), dot, i == 0 ? 0 : 1, 1);
         }
         T* dd = dpt.data_ptr<T>();
         const T* dl = delta.data_ptr<T>() + n * Nq + q0;
@@ -569,26 +655,31 @@ void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
             acc += drow[j];
           }
           row_sum[p] += acc;
+          if constexpr (kHalf) {
+            S* hrow = ds_half.data_ptr<S>() + p * bq;
+            for (int64_t j = 0; j < bq; ++j) hrow[j] = static_cast<S>(drow[j]);
+          }
         }
+        const at::Tensor ds_in = kHalf ? mat(ds_half.data_ptr<S>(), bm, bq, q.options()) : dpt;
         // Block (Ck, bq) with row stride BQ: the columns past a short last tile stay zero.
         at::Tensor gqt = at::from_blob(gq_acc[tid][n][qi].data_ptr<T>(), {Ck, bq}, {kBQ, 1}, opts);
-        at::addmm_out(gqt, gqt, kt, dpt, 1, ds);
-        at::addmm_out(gkt, gkt, qt, dpt.t(), 1, ds);
+        tile_gemm<S>(gqt, kt, ds_in, 1, ds);
+        tile_gemm<S>(gkt, qt, ds_in.t(), 1, ds);
       }
       T* gkd = gkt.data_ptr<T>();
-      const T* kd = kt.data_ptr<T>();
+      const S* kd = kt.data_ptr<S>();
       const int64_t kstride = kt.stride(0);
-      T* gk_dst = gk.data_ptr<T>() + n * Ck * Nm + p0;
+      S* gk_dst = gk.data_ptr<S>() + n * Ck * Nm + p0;
       for (int64_t c = 0; c < Ck; ++c)
         for (int64_t p = 0; p < bm; ++p) {
           T g = gkd[c * bm + p];
-          if (l2) g -= T(2) * ns * kd[c * kstride + p] * row_sum[p];  // d(-ns |k|^2)/dk
-          gk_dst[c * Nm + p] = g;
+          if (l2) g -= T(2) * ns * static_cast<T>(kd[c * kstride + p]) * row_sum[p];  // d(-ns |k|^2)/dk
+          gk_dst[c * Nm + p] = static_cast<S>(g);
         }
       for (int64_t i = 0; i < nv; ++i) {
         const int64_t cv = values[i].size(1);
         const T* src = gvt[i].data_ptr<T>();
-        T* dst = gvs[i].data_ptr<T>() + n * cv * Nm + p0;
+        S* dst = gvs[i].data_ptr<S>() + n * cv * Nm + p0;
         for (int64_t c = 0; c < cv; ++c) std::copy(src + c * bm, src + (c + 1) * bm, dst + c * Nm);
       }
     }
@@ -599,12 +690,12 @@ void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
     const int64_t block = Ck * kBQ, per_thread = N * n_qt * block;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / Ck, c = r % Ck;
-      T* dst = gq.data_ptr<T>() + r * Nq;
+      S* dst = gq.data_ptr<S>() + r * Nq;
       for (int64_t j = 0; j < Nq; ++j) {
         const T* src = gq_acc.data_ptr<T>() + (n * n_qt + j / kBQ) * block + c * kBQ + j % kBQ;
         T acc = 0;
         for (int64_t t = 0; t < threads; ++t) acc += src[t * per_thread];
-        dst[j] = acc;
+        dst[j] = static_cast<S>(acc);
       }
     }
   });
@@ -715,9 +806,9 @@ void topk_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
   });
 }
 
-// ---- half inputs: float32 copies in, float32 results rounded back out ----------------------------
+// ---- top-k with half inputs: float32 copies in, float32 results rounded back out ----------------
 // A plain conversion pass per tensor (one more read and write of each input than the float32
-// path): simple and exact to the float32 kernels. stat is float32 already and passes through.
+// path; the top-k kernels are not GEMM bound). stat is float32 already and passes through.
 
 bool is_half(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
@@ -744,14 +835,9 @@ void copy_into(const std::vector<at::Tensor>& dst, const std::vector<at::Tensor>
 void memory_readout_full_forward(const at::Tensor& query_key, const at::Tensor& memory_key,
                                  const std::vector<at::Tensor>& values, const std::vector<at::Tensor>& outs,
                                  const at::Tensor& lse, bool l2, double scale) {
-  if (is_half(query_key)) {
-    const auto f = empty_float(outs);
-    memory_readout_full_forward(query_key.to(at::kFloat), memory_key.to(at::kFloat), to_float(values), f, lse,
-                                l2, scale);
-    return copy_into(outs, f);
-  }
-  AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_full_forward", [&] {
-    full_forward_impl<scalar_t>(query_key, memory_key, values, outs, lse, l2, static_cast<scalar_t>(scale));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query_key.scalar_type(), "memory_readout_full_forward", [&] {
+    full_forward_impl<scalar_t>(query_key, memory_key, values, outs, lse, l2,
+                                static_cast<at::opmath_type<scalar_t>>(scale));
   });
 }
 
@@ -775,17 +861,9 @@ void memory_readout_full_backward(const std::vector<at::Tensor>& grads, const at
                                   const std::vector<at::Tensor>& outs, const at::Tensor& lse,
                                   const at::Tensor& grad_query_key, const at::Tensor& grad_memory_key,
                                   const std::vector<at::Tensor>& grad_values, bool l2, double scale) {
-  if (is_half(query_key)) {
-    const auto gq = empty_float({grad_query_key}), gk = empty_float({grad_memory_key});
-    const auto gv = empty_float(grad_values);
-    memory_readout_full_backward(to_float(grads), query_key.to(at::kFloat), memory_key.to(at::kFloat),
-                                 to_float(values), to_float(outs), lse, gq[0], gk[0], gv, l2, scale);
-    copy_into({grad_query_key, grad_memory_key}, {gq[0], gk[0]});
-    return copy_into(grad_values, gv);
-  }
-  AT_DISPATCH_FLOATING_TYPES(query_key.scalar_type(), "memory_readout_full_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query_key.scalar_type(), "memory_readout_full_backward", [&] {
     full_backward_impl<scalar_t>(grads, query_key, memory_key, values, outs, lse, grad_query_key,
-                                 grad_memory_key, grad_values, l2, static_cast<scalar_t>(scale));
+                                 grad_memory_key, grad_values, l2, static_cast<at::opmath_type<scalar_t>>(scale));
   });
 }
 

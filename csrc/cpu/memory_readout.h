@@ -1,7 +1,8 @@
 // CPU memory readout kernels (DESIGN.md 4.5). Inputs are validated by csrc/torch/memory_readout.cpp:
 // query_key (N, Ck, Nq), memory_key (N, Ck, Nm) and values[i] (N, Cv_i, Nm) have a unit stride in
 // their last dimension (other strides free: a MemoryBank prefix view is read in place); gradients
-// and every output are contiguous and preallocated.
+// and every output are contiguous and preallocated. dtypes: float32, float64, and bfloat16 / float16
+// computed in float32, with lse / weight (stat) float32 for those.
 #pragma once
 
 #include <ATen/ATen.h>

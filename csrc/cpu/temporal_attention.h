@@ -1,5 +1,6 @@
 // CPU temporal_attention kernels. Inputs are contiguous and validated by
-// csrc/torch/temporal_attention.cpp; outputs are allocated by the caller.
+// csrc/torch/temporal_attention.cpp; outputs are allocated by the caller. dtypes: float32, float64,
+// and bfloat16 / float16 computed in float32 (outputs and gradients in the input dtype).
 #pragma once
 
 #include <ATen/ATen.h>

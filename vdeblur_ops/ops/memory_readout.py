@@ -20,8 +20,9 @@ entries only).
 Autocast policy: "lower precision" (as torch's scaled_dot_product_attention, which the full
 softmax readout is): query_key, memory_key and values are cast to the autocast dtype (float64 is
 left alone); the softmax statistics stay float32 inside the kernels. The C++ CPU kernels take
-bfloat16 / float16 too, computing in float32 (the inputs are converted to float32 copies, outputs
-and gradients rounded back; ``stat`` is float32), so under CPU bfloat16 autocast they run.
+bfloat16 / float16 too (float32 softmax and accumulation; the full softmax multiplies half
+operands into float32, with P and dS rounded to the input dtype as on Triton; top-k runs on
+float32 copies; ``stat`` is float32), so under CPU bfloat16 autocast they run.
 Registered on the torch ops too (vdeblur_ops/_autocast.py).
 
 channels_last: keys and values flattened from channels_last (N, C, H, W) features are
