@@ -21,6 +21,7 @@
 // the products that take them (as FlashAttention does); softmax, statistics and accumulators stay
 // float32. The top-k kernels run in float32 on float32 copies. `stat` is float32 for S inputs.
 #include "memory_readout.h"
+#include "thread_scratch.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -189,9 +190,9 @@ void full_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
   const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
 
   parallel_tasks(N * n_qt, (q.size(1) + cv_sum) * kBQ * Nm, [&](int64_t, int64_t begin, int64_t end) {
-    at::Tensor s_buf = at::empty({kBM * kBQ}, opts);
-    at::Tensor o_buf = at::empty({nv, cv_max * kBQ}, opts);
-    at::Tensor p_half = kHalf ? at::empty({kBM * kBQ}, q.options()) : at::Tensor();  // P rounded to S
+    at::Tensor s_buf = thread_scratch<T>(0, {kBM * kBQ}, opts);
+    at::Tensor o_buf = thread_scratch<T>(1, {nv, cv_max * kBQ}, opts);
+    at::Tensor p_half = kHalf ? thread_scratch<S>(2, {kBM * kBQ}, q.options()) : at::Tensor();  // P rounded to S
     std::vector<T> m(kBQ), l(kBQ), corr(kBQ), tile_max(kBQ), tile_sum(kBQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / n_qt, q0 = (task % n_qt) * kBQ, bq = std::min(kBQ, Nq - q0);
@@ -525,7 +526,7 @@ void topk_forward_impl(const at::Tensor& q, const at::Tensor& k, const std::vect
   const auto opts = q.options();
 
   parallel_tasks(N * n_qt, q.size(1) * bq_max * Nm, [&](int64_t, int64_t begin, int64_t end) {
-    at::Tensor s_buf = at::empty({bq_max * kBM}, opts);
+    at::Tensor s_buf = thread_scratch<T>(0, {bq_max * kBM}, opts);
     const int64_t cap = 2 * K;  // the threshold rises when cap candidates are waiting
     std::vector<T> cand_vals(bq_max * cap), scratch(cap), thr(bq_max);
     std::vector<int64_t> cand_idx(bq_max * cap);
@@ -602,11 +603,11 @@ void full_backward_impl(const std::vector<at::Tensor>& grads, const at::Tensor& 
   parallel_tasks(N * n_mt, work_per_tile, [&](int64_t tid, int64_t begin, int64_t end) {
     at::Tensor mine = gq_acc[tid];
     std::fill(mine.data_ptr<T>(), mine.data_ptr<T>() + mine.numel(), T(0));
-    at::Tensor p_buf = at::empty({kBM * kBQ}, opts), dp_buf = at::empty({kBM * kBQ}, opts);
-    at::Tensor gk_buf = at::empty({Ck * kBM}, opts), gv_buf = at::empty({nv, cv_max * kBM}, opts);
+    at::Tensor p_buf = thread_scratch<T>(0, {kBM * kBQ}, opts), dp_buf = thread_scratch<T>(1, {kBM * kBQ}, opts);
+    at::Tensor gk_buf = thread_scratch<T>(2, {Ck * kBM}, opts), gv_buf = thread_scratch<T>(3, {nv, cv_max * kBM}, opts);
     // P and dS rounded to S, for the products that take them (half inputs only).
-    at::Tensor p_half = kHalf ? at::empty({kBM * kBQ}, q.options()) : at::Tensor();
-    at::Tensor ds_half = kHalf ? at::empty({kBM * kBQ}, q.options()) : at::Tensor();
+    at::Tensor p_half = kHalf ? thread_scratch<S>(4, {kBM * kBQ}, q.options()) : at::Tensor();
+    at::Tensor ds_half = kHalf ? thread_scratch<S>(5, {kBM * kBQ}, q.options()) : at::Tensor();
     std::vector<T> row_sum(kBM);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / n_mt, p0 = (task % n_mt) * kBM, bm = std::min(kBM, Nm - p0);
